@@ -1,0 +1,137 @@
+"""CometConfig: the shape of a CoMeT memory, saved as JSON next to the adapter weights.
+
+Every field changes what a memory state *means*, so a state or adapter made under one config is refused under
+another (see :meth:`CometConfig.fingerprint`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+CONFIG_FILE = "comet_config.json"
+
+
+@dataclass(frozen=True)
+class CometConfig:
+    """Hyper-parameters of the per-layer dual memory (see docs/architecture.md).
+
+    Attributes:
+        chunk_size: text tokens per chunk (C). The layout of a steady chunk is
+            ``m + B + C + ceil(C/s) + m`` positions.
+        num_global_slots: global memory slots = readout tokens per chunk (m).
+        compression_stride: text tokens per compression token (s).
+        fifo_budget: maximum entries of the temporary (FIFO) memory per layer (B).
+        adapter_rank: rank of the residual low-rank adapters of both memory nets (r).
+        global_memory: ablation switch; ``False`` removes global slots and readouts.
+        temporary_memory: ablation switch; ``False`` removes compression tokens and the FIFO.
+        gate: ablation switch; ``False`` replaces the gated update by ``S = candidate``.
+        lora_rank: rank of the peft LoRA on the backbone (0 = no LoRA).
+        lora_alpha: LoRA scaling numerator.
+        lora_targets: backbone Linear module names that receive LoRA.
+    """
+
+    chunk_size: int = 1024
+    num_global_slots: int = 128
+    compression_stride: int = 8
+    fifo_budget: int = 512
+    adapter_rank: int = 8
+    global_memory: bool = True
+    temporary_memory: bool = True
+    gate: bool = True
+    lora_rank: int = 16
+    lora_alpha: int = 32
+    lora_targets: tuple[str, ...] = field(
+        default=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+    )
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.chunk_size < 1:
+            problems.append(f"chunk_size must be >= 1, got {self.chunk_size}")
+        if self.global_memory and self.num_global_slots < 1:
+            problems.append(f"num_global_slots must be >= 1 with global_memory on, got {self.num_global_slots}")
+        if self.temporary_memory and self.compression_stride < 1:
+            problems.append(f"compression_stride must be >= 1 with temporary_memory on, got {self.compression_stride}")
+        if self.temporary_memory and self.fifo_budget < 1:
+            problems.append(f"fifo_budget must be >= 1 with temporary_memory on, got {self.fifo_budget}")
+        if self.adapter_rank < 1:
+            problems.append(f"adapter_rank must be >= 1, got {self.adapter_rank}")
+        if self.lora_rank < 0:
+            problems.append(f"lora_rank must be >= 0, got {self.lora_rank}")
+        if problems:
+            raise ValueError("invalid CometConfig: " + "; ".join(problems))
+        object.__setattr__(self, "lora_targets", tuple(self.lora_targets))
+
+    # Effective sizes: the ablation switches zero them out so that layout code never branches on flags.
+    @property
+    def m(self) -> int:
+        """Global slots actually used (0 when global memory is off)."""
+        return self.num_global_slots if self.global_memory else 0
+
+    @property
+    def stride(self) -> int:
+        """Compression stride actually used (0 when temporary memory is off)."""
+        return self.compression_stride if self.temporary_memory else 0
+
+    @property
+    def fifo(self) -> int:
+        """FIFO budget actually used (0 when temporary memory is off)."""
+        return self.fifo_budget if self.temporary_memory else 0
+
+    def steady_layout_len(self) -> int:
+        """Positions of a full chunk once the FIFO is full: m + B + C + ceil(C/s) + m."""
+        comp = -(-self.chunk_size // self.stride) if self.stride else 0
+        return 2 * self.m + self.fifo + self.chunk_size + comp
+
+    def state_fields(self) -> dict[str, Any]:
+        """The fields that determine what a memory state means (LoRA settings excluded)."""
+        d = self.to_dict()
+        for k in ("lora_rank", "lora_alpha", "lora_targets"):
+            d.pop(k)
+        return d
+
+    def fingerprint(self) -> str:
+        """Short stable hash of the state-defining fields, stored with every state."""
+        blob = json.dumps(self.state_fields(), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["lora_targets"] = list(self.lora_targets)
+        return d
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "CometConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown CometConfig fields: {', '.join(unknown)}")
+        return cls(**data)
+
+    def save(self, directory: str | Path, extra: dict[str, Any] | None = None) -> Path:
+        """Write ``comet_config.json`` (this config plus optional metadata under ``"meta"``)."""
+        path = Path(directory) / CONFIG_FILE
+        payload: dict[str, Any] = {"comet": self.to_dict()}
+        if extra:
+            payload["meta"] = extra
+        path.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
+        return path
+
+    @classmethod
+    def load(cls, directory: str | Path) -> tuple["CometConfig", dict[str, Any]]:
+        """Read ``comet_config.json``; returns the config and its metadata dict."""
+        path = Path(directory) / CONFIG_FILE
+        try:
+            payload = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise FileNotFoundError(f"no {CONFIG_FILE} in {directory}") from None
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path} is not valid JSON: {exc}") from None
+        if "comet" not in payload:
+            raise ValueError(f"{path} has no 'comet' section")
+        return cls.from_dict(payload["comet"]), payload.get("meta", {})

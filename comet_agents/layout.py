@@ -1,0 +1,309 @@
+"""Chunk layouts: where slots, text, compression tokens and readouts sit, their positions, masks and labels.
+
+Pure functions, no model state. One chunk's layout (docs/architecture.md):
+
+    [ m global slots ][ q temporary slots ][ x1..xs <C> x(s+1)..x2s <C> ... ][ R_0 .. R_{m-1} ]
+
+* chunk 0 of a stream has no slots (there is no memory yet);
+* a *closed* chunk (absorbed into memory) puts a compression token after every group of ``s`` text tokens,
+  the final partial group included, and ends with the m readouts;
+* the *open* last chunk (the one holding the question and the answer being generated) has no readouts, and
+  puts a compression token after a complete group only once a further text token follows it. Decoding keeps
+  that rule, which makes the layout of an open chunk the same whether its text came from the prompt or was
+  generated token by token.
+
+Position ids are local to the chunk (0..len-1); a pad never consumes one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+IGNORE_INDEX = -100
+
+
+@dataclass(frozen=True)
+class SpecialIds:
+    """Ids of the added tokens: ``<|memory|>``, ``<beacon_0..m-1>`` (readouts) and ``<beacon>`` (compression)."""
+
+    memory: int
+    first_readout: int
+    compression: int
+    pad: int
+
+    @classmethod
+    def contiguous(cls, first: int, num_readouts: int, pad: int) -> "SpecialIds":
+        """The official order: memory, readouts 0..m-1, compression, starting at id ``first``."""
+        return cls(memory=first, first_readout=first + 1, compression=first + 1 + num_readouts, pad=pad)
+
+
+@dataclass(frozen=True)
+class ChunkLayout:
+    """One chunk's token layout. Index fields are positions inside ``input_ids``."""
+
+    input_ids: tuple[int, ...]
+    num_global: int
+    num_temp: int
+    text_index: tuple[int, ...]
+    compression_index: tuple[int, ...]
+    readout_index: tuple[int, ...]
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+    @property
+    def position_ids(self) -> tuple[int, ...]:
+        return tuple(range(len(self.input_ids)))
+
+
+def compression_after(n_text: int, stride: int, closed: bool) -> list[bool]:
+    """For each text token, whether a compression token follows it.
+
+    A complete group of ``stride`` tokens is followed by one; in a closed chunk so is the last partial group;
+    in an open chunk a group's token is only placed once more text follows.
+    """
+    if stride <= 0:
+        return [False] * n_text
+    after = [False] * n_text
+    for i in range(n_text):
+        last = i == n_text - 1
+        if (i + 1) % stride == 0:
+            after[i] = closed or not last
+        elif last and closed:
+            after[i] = True
+    return after
+
+
+def build_chunk_layout(
+    text_ids: Sequence[int],
+    *,
+    num_global: int,
+    num_temp: int,
+    stride: int,
+    num_readouts: int,
+    closed: bool,
+    ids: SpecialIds,
+) -> ChunkLayout:
+    """Build one chunk's layout.
+
+    Args:
+        text_ids: the chunk's text tokens.
+        num_global: global slots to place (``m``, or 0 for the first chunk / no global memory).
+        num_temp: temporary slots to place (current FIFO fill ``q``).
+        stride: compression stride ``s`` (0 disables compression tokens).
+        num_readouts: readouts appended at the end (``m`` for a closed chunk, 0 for the open last chunk).
+        closed: whether the chunk is absorbed into memory (closes its final partial group).
+    """
+    if not closed and num_readouts:
+        raise ValueError("an open chunk has no readouts")
+    tokens: list[int] = [ids.memory] * (num_global + num_temp)
+    text_index: list[int] = []
+    comp_index: list[int] = []
+    for tok, comp in zip(text_ids, compression_after(len(text_ids), stride, closed)):
+        text_index.append(len(tokens))
+        tokens.append(int(tok))
+        if comp:
+            comp_index.append(len(tokens))
+            tokens.append(ids.compression)
+    readout_index = tuple(range(len(tokens), len(tokens) + num_readouts))
+    tokens.extend(ids.first_readout + i for i in range(num_readouts))
+    return ChunkLayout(
+        input_ids=tuple(tokens),
+        num_global=num_global,
+        num_temp=num_temp,
+        text_index=tuple(text_index),
+        compression_index=tuple(comp_index),
+        readout_index=readout_index,
+    )
+
+
+def split_into_chunks(token_ids: Sequence[int], chunk_size: int) -> list[list[int]]:
+    """Cut a token stream into consecutive chunks of ``chunk_size`` (the last one may be shorter)."""
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    return [list(token_ids[i : i + chunk_size]) for i in range(0, len(token_ids), chunk_size)]
+
+
+def shift_labels(text_ids: Sequence[int], supervised: Sequence[bool]) -> list[int]:
+    """Labels on the text stream, shifted *before* special tokens are inserted.
+
+    ``label[t] = text_ids[t+1]`` when token ``t+1`` is supervised, else ``IGNORE_INDEX``. Inserting slots and
+    compression tokens afterwards therefore never changes what a text token predicts, and the loss needs no
+    second shift.
+    """
+    if len(text_ids) != len(supervised):
+        raise ValueError(f"text_ids ({len(text_ids)}) and supervised ({len(supervised)}) differ in length")
+    labels = [IGNORE_INDEX] * len(text_ids)
+    for t in range(len(text_ids) - 1):
+        if supervised[t + 1]:
+            labels[t] = int(text_ids[t + 1])
+    return labels
+
+
+def layout_labels(layout: ChunkLayout, text_labels: Sequence[int]) -> list[int]:
+    """Spread a chunk's text labels onto its layout; every non-text position gets ``IGNORE_INDEX``."""
+    if len(text_labels) != len(layout.text_index):
+        raise ValueError(f"{len(text_labels)} labels for {len(layout.text_index)} text tokens")
+    labels = [IGNORE_INDEX] * len(layout)
+    for pos, lab in zip(layout.text_index, text_labels):
+        labels[pos] = int(lab)
+    return labels
+
+
+def causal_mask(lengths: torch.Tensor, total: int) -> torch.Tensor:
+    """Per-chunk boolean attention mask ``(B, 1, total, total)``; True means "may attend".
+
+    Causal inside each sample's real positions, padded keys masked. Pad queries see the real keys before them,
+    so no row is empty (an empty row would give NaN in SDPA); their outputs are never read.
+    """
+    ar = torch.arange(total, device=lengths.device)
+    causal = ar[None, :] <= ar[:, None]
+    real_key = ar[None, :] < lengths[:, None]
+    return (causal[None] & real_key[:, None, :])[:, None]
+
+
+def decode_mask(past_lengths: torch.Tensor, past_total: int, num_new: int) -> torch.Tensor:
+    """Mask ``(B, 1, num_new, past_total + num_new)`` for new tokens appended after a (padded) KV cache.
+
+    Sample ``b`` has ``past_lengths[b]`` real cached positions at the front of the cache; new tokens see those
+    and, causally, each other.
+    """
+    ar = torch.arange(past_total, device=past_lengths.device)
+    past = (ar[None, :] < past_lengths[:, None])[:, None, :].expand(-1, num_new, -1)
+    new = torch.ones(num_new, num_new, dtype=torch.bool, device=past_lengths.device).tril()
+    new = new[None].expand(past_lengths.shape[0], -1, -1)
+    return torch.cat([past, new], dim=-1)[:, None]
+
+
+def to_attention_mask(mask: torch.Tensor, implementation: str, dtype: torch.dtype) -> torch.Tensor:
+    """Convert a boolean mask to what the backbone's attention implementation expects.
+
+    SDPA takes the boolean mask directly; eager attention adds the mask to its scores.
+    """
+    if implementation == "sdpa":
+        return mask
+    if implementation == "eager":
+        return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, torch.finfo(dtype).min)
+    raise ValueError(f"unsupported attn_implementation {implementation!r}: use 'sdpa' or 'eager'")
+
+
+@dataclass
+class LayoutBatch:
+    """A batch of chunk layouts padded on the right to a common length, as tensors.
+
+    Index tensors are padded with 0 and come with a validity mask; ``temp_index`` points at the temporary
+    slots, oldest first.
+    """
+
+    input_ids: torch.Tensor  # (B, T)
+    position_ids: torch.Tensor  # (B, T)
+    lengths: torch.Tensor  # (B,)
+    has_global: torch.Tensor  # (B,) bool: global slots at positions 0..m-1
+    temp_index: torch.Tensor  # (B, Qmax)
+    temp_valid: torch.Tensor  # (B, Qmax)
+    compression_index: torch.Tensor  # (B, Nmax)
+    compression_valid: torch.Tensor  # (B, Nmax)
+    readout_index: torch.Tensor  # (B, R)
+    has_readouts: torch.Tensor  # (B,) bool
+    text_index: torch.Tensor  # (B, Tmax)
+    text_valid: torch.Tensor  # (B, Tmax)
+    labels: torch.Tensor | None = None  # (B, T) when built with labels
+
+    def to(self, device: torch.device | str) -> "LayoutBatch":
+        moved = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in self.__dict__.items()}
+        return LayoutBatch(**moved)
+
+
+def _padded_index(rows: Sequence[Sequence[int]], min_width: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max([len(r) for r in rows] + [min_width])
+    index = torch.zeros(len(rows), width, dtype=torch.long)
+    valid = torch.zeros(len(rows), width, dtype=torch.bool)
+    for b, r in enumerate(rows):
+        if r:
+            index[b, : len(r)] = torch.tensor(r, dtype=torch.long)
+            valid[b, : len(r)] = True
+    return index, valid
+
+
+def pad_layouts(
+    layouts: Sequence[ChunkLayout], pad_id: int, labels: Sequence[Sequence[int]] | None = None
+) -> LayoutBatch:
+    """Pad layouts of different shapes into one batch. Pads sit at the end and take position ``len``."""
+    if not layouts:
+        raise ValueError("pad_layouts needs at least one layout")
+    num_readouts = {len(lay.readout_index) for lay in layouts if lay.readout_index}
+    if len(num_readouts) > 1:
+        raise ValueError(f"layouts disagree on the number of readouts: {sorted(num_readouts)}")
+    total = max(len(lay) for lay in layouts)
+    bsz = len(layouts)
+    input_ids = torch.full((bsz, total), pad_id, dtype=torch.long)
+    position_ids = torch.zeros((bsz, total), dtype=torch.long)
+    label_t = torch.full((bsz, total), IGNORE_INDEX, dtype=torch.long) if labels is not None else None
+    for b, lay in enumerate(layouts):
+        n = len(lay)
+        input_ids[b, :n] = torch.tensor(lay.input_ids, dtype=torch.long)
+        position_ids[b, :n] = torch.arange(n)
+        position_ids[b, n:] = n
+        if label_t is not None:
+            lab = labels[b]
+            if len(lab) != n:
+                raise ValueError(f"labels of sample {b} have length {len(lab)}, layout {n}")
+            label_t[b, :n] = torch.tensor(lab, dtype=torch.long)
+    temp_index, temp_valid = _padded_index(
+        [list(range(lay.num_global, lay.num_global + lay.num_temp)) for lay in layouts]
+    )
+    comp_index, comp_valid = _padded_index([lay.compression_index for lay in layouts])
+    readout_index, _ = _padded_index([lay.readout_index for lay in layouts])
+    text_index, text_valid = _padded_index([lay.text_index for lay in layouts])
+    return LayoutBatch(
+        input_ids=input_ids,
+        position_ids=position_ids,
+        lengths=torch.tensor([len(lay) for lay in layouts], dtype=torch.long),
+        has_global=torch.tensor([lay.num_global > 0 for lay in layouts], dtype=torch.bool),
+        temp_index=temp_index,
+        temp_valid=temp_valid,
+        compression_index=comp_index,
+        compression_valid=comp_valid,
+        readout_index=readout_index,
+        has_readouts=torch.tensor([len(lay.readout_index) > 0 for lay in layouts], dtype=torch.bool),
+        text_index=text_index,
+        text_valid=text_valid,
+        labels=label_t,
+    )
+
+
+def sequence_layouts(
+    chunk_texts: Sequence[Sequence[int]],
+    *,
+    num_global: int,
+    fifo_budget: int,
+    stride: int,
+    ids: SpecialIds,
+    last_open: bool,
+) -> list[ChunkLayout]:
+    """Layouts of a whole sequence of chunks starting from empty memory (training's chunk plan).
+
+    The FIFO fill and first-chunk rule follow from the plan alone: chunk c gets ``min(B, entries so far)``
+    temporary slots and global slots once an earlier chunk had readouts. With ``last_open`` the final chunk is
+    laid out as at inference (no readouts, open final group).
+    """
+    layouts: list[ChunkLayout] = []
+    q, has_global = 0, False
+    for c, text in enumerate(chunk_texts):
+        closed = not (last_open and c == len(chunk_texts) - 1)
+        lay = build_chunk_layout(
+            text,
+            num_global=num_global if has_global else 0,
+            num_temp=q,
+            stride=stride,
+            num_readouts=num_global if closed else 0,
+            closed=closed,
+            ids=ids,
+        )
+        layouts.append(lay)
+        q = min(fifo_budget, q + len(lay.compression_index)) if fifo_budget else 0
+        has_global = has_global or bool(lay.readout_index)
+    return layouts

@@ -1,0 +1,667 @@
+"""CometModel: CoMeT's per-layer dual memory over a Hugging Face decoder (Llama, Qwen2, Qwen3, Mistral).
+
+The backbone's decoder layers run unmodified, one chunk at a time, with attention confined to the chunk.
+Memory crosses chunks only through per-layer state written into slot positions (docs/architecture.md):
+
+    Injection, before layer l, chunks with memory (every layer, the first included):
+        X[global slots] <- M = RLA_g(S)                      overwrite, m x d
+        X[temp slots]   <- Q                                 overwrite, q x d (oldest first)
+    Y = DecoderLayer_l(X; causal mask of this chunk, RoPE(chunk-local positions))
+    Global memory (chunks with readouts):
+        S_hat = RMSNorm_g(Y[readouts])
+        S     = S_hat                                         first chunk (no previous S)
+        g     = sigmoid([S_hat ; S_old] @ w_g)                one scalar per slot
+        S     = g * S_old + (1 - g) * S_hat
+    Temporary memory (chunks with compression tokens):
+        E = RLA_t(RMSNorm_t(Y[compression tokens]))
+        Q = last B rows of [Q ; E]                            oldest evicted first
+    RLA(x) = x + (x D) U,  D: d x r, U: r x d
+
+``layer_step`` is that block for one layer and one batch of chunks. Streaming (``absorb``) runs it
+chunk-major (chunks outside, layers inside: one chunk of activations alive); training runs it layer-major
+(layers outside, all chunks of a sequence inside), which computes the same function.
+
+Memory nets and S are kept in float32 whatever the backbone dtype: the gated recurrence runs for millions of
+steps and bf16 rounding would accumulate there.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from .config import CometConfig
+from .layout import IGNORE_INDEX, LayoutBatch, SpecialIds, causal_mask, decode_mask, to_attention_mask
+from .state import MemoryState
+
+log = logging.getLogger(__name__)
+
+SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "qwen3", "mistral")
+ADAPTER_FILE = "comet_adapter.safetensors"
+WEIGHTS_DIR = Path(__file__).parent / "weights"
+MEMORY_TOKEN = "<|memory|>"
+COMPRESSION_TOKEN = "<beacon>"
+
+
+def readout_token(i: int) -> str:
+    return f"<beacon_{i}>"
+
+
+class LowRankAdapter(nn.Module):
+    """RLA(x) = x + (x D) U: identity plus a rank-r correction, no bias, no activation."""
+
+    def __init__(self, d: int, rank: int) -> None:
+        super().__init__()
+        self.down = nn.Linear(d, rank, bias=False)
+        self.up = nn.Linear(rank, d, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.up(self.down(x))
+
+
+class GlobalMemoryNet(nn.Module):
+    """RMSNorm_g, the per-slot gate over [candidate ; old], and RLA_g (state -> injected memory)."""
+
+    def __init__(self, d: int, rank: int) -> None:
+        super().__init__()
+        self.norm = nn.RMSNorm(d)  # eps = machine epsilon of the input dtype, as in the official code
+        self.gate = nn.Linear(2 * d, 1, bias=False)
+        self.adapter = LowRankAdapter(d, rank)
+
+
+class TemporaryMemoryNet(nn.Module):
+    """RMSNorm_t (eps 1e-12) and RLA_t (compression outputs -> FIFO entries)."""
+
+    def __init__(self, d: int, rank: int) -> None:
+        super().__init__()
+        self.norm = nn.RMSNorm(d, eps=1e-12)
+        self.adapter = LowRankAdapter(d, rank)
+
+
+class LayerMemory(nn.Module):
+    def __init__(self, d: int, config: CometConfig) -> None:
+        super().__init__()
+        self.global_net = GlobalMemoryNet(d, config.adapter_rank) if config.m else None
+        self.temp_net = TemporaryMemoryNet(d, config.adapter_rank) if config.fifo else None
+
+
+def fifo_push(
+    fifo: torch.Tensor, fifo_len: torch.Tensor, entries: torch.Tensor, num_new: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Append ``entries[b, :num_new[b]]`` to each FIFO and keep the newest ``B`` rows, oldest first.
+
+    Vectorised over the batch: output row j of sample b is logical row ``total - keep + j`` of
+    ``[fifo[b, :len] ; entries[b, :n]]``. Rows past the new length are zero.
+    """
+    bsz, budget, d = fifo.shape
+    total = fifo_len + num_new
+    keep = total.clamp(max=budget)
+    j = torch.arange(budget, device=fifo.device)
+    logical = (total - keep)[:, None] + j[None, :]
+    src = torch.where(logical < fifo_len[:, None], logical, budget + logical - fifo_len[:, None])
+    src = src.clamp(max=budget + entries.shape[1] - 1)
+    combined = torch.cat([fifo, entries.to(fifo.dtype)], dim=1)
+    out = combined.gather(1, src[..., None].expand(-1, -1, d))
+    out = torch.where((j[None, :] < keep[:, None])[..., None], out, torch.zeros((), dtype=out.dtype, device=out.device))
+    return out, keep
+
+
+def _gather_rows(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    return x.gather(1, index[..., None].expand(-1, -1, x.shape[-1]))
+
+
+def _decoder_parts(base: nn.Module) -> tuple[nn.Module, nn.Module]:
+    """(inner decoder model with embed_tokens/layers/norm/rotary_emb, lm_head) of a CausalLM, peft or not."""
+    model = base.get_base_model() if hasattr(base, "get_base_model") else base
+    return model.model, model.lm_head
+
+
+class CometModel(nn.Module):
+    """A frozen (optionally LoRA-adapted) decoder plus CoMeT memory modules and added-token embeddings.
+
+    Build one with :meth:`from_pretrained` (adapter directory, ``"default"``, or a bare base model) or directly
+    from a loaded ``*ForCausalLM``.
+    """
+
+    def __init__(
+        self,
+        base: nn.Module,
+        config: CometConfig | None = None,
+        *,
+        tokenizer: Any = None,
+        base_name: str = "",
+        base_fingerprint: str = "",
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        config = config or CometConfig()
+        model_type = getattr(base.config, "model_type", None)
+        if model_type not in SUPPORTED_MODEL_TYPES:
+            raise ValueError(
+                f"CoMeT supports decoder models of type {', '.join(SUPPORTED_MODEL_TYPES)}; got {model_type!r}"
+            )
+        impl = getattr(base.config, "_attn_implementation", None) or "sdpa"
+        if impl not in ("sdpa", "eager"):
+            raise ValueError(f"attn_implementation {impl!r} is not supported; load the base with 'sdpa' or 'eager'")
+        self.config = config
+        self.tokenizer = tokenizer
+        self.base_name = base_name or getattr(base.config, "_name_or_path", "") or model_type
+        self.base_fingerprint = base_fingerprint
+        self._check_sliding_window(base.config)
+
+        for p in base.parameters():
+            p.requires_grad_(False)
+        if config.lora_rank > 0:
+            from peft import LoraConfig, get_peft_model
+
+            lora = LoraConfig(
+                r=config.lora_rank,
+                lora_alpha=config.lora_alpha,
+                target_modules=list(config.lora_targets),
+                lora_dropout=0.0,
+                bias="none",
+            )
+            base = get_peft_model(base, lora)
+        self.backbone = base
+        inner, lm_head = _decoder_parts(base)
+        self._inner = [inner]  # kept out of the module tree: it is already under self.backbone
+        self._lm_head = [lm_head]
+        d = inner.config.hidden_size
+        self.hidden_size = d
+        self.num_layers = len(inner.layers)
+
+        vocab_rows = inner.embed_tokens.weight.shape[0]
+        if tokenizer is not None:
+            first = self._add_special_tokens(tokenizer)
+            pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        else:
+            first = vocab_rows
+            pad = getattr(base.config, "eos_token_id", None) or 0
+            pad = pad[0] if isinstance(pad, list) else pad
+        self.special = SpecialIds.contiguous(first, config.num_global_slots, pad)
+        self.first_special_id = first
+        self.num_special = config.num_global_slots + 2
+
+        gen = torch.Generator().manual_seed(seed)
+        self.memory = nn.ModuleList(LayerMemory(d, config) for _ in range(self.num_layers))
+        for mod in self.memory.modules():
+            if isinstance(mod, nn.Linear):
+                with torch.no_grad():
+                    mod.weight.copy_(torch.randn(mod.weight.shape, generator=gen) * 0.02)
+        mean = inner.embed_tokens.weight[: min(first, vocab_rows)].detach().float().mean(0)
+        self.special_embeddings = nn.Parameter(mean[None].repeat(self.num_special, 1).clone())
+        self.memory.float()
+        self._adapter_fingerprint: str | None = None
+
+    # ---- construction helpers ---------------------------------------------------------------------------------
+
+    def _add_special_tokens(self, tokenizer: Any) -> int:
+        from tokenizers import AddedToken
+
+        names = [MEMORY_TOKEN] + [readout_token(i) for i in range(self.config.num_global_slots)] + [COMPRESSION_TOKEN]
+        vocab = tokenizer.get_vocab()
+        missing = [n for n in names if n not in vocab]
+        if missing:
+            tokenizer.add_tokens([AddedToken(n, special=True, normalized=False) for n in missing], special_tokens=True)
+        ids = tokenizer.convert_tokens_to_ids(names)
+        if ids != list(range(ids[0], ids[0] + len(names))):
+            raise ValueError("the tokenizer already holds some CoMeT tokens at non-contiguous ids")
+        return ids[0]
+
+    @staticmethod
+    def _check_sliding_window(cfg: Any) -> None:
+        window = getattr(cfg, "sliding_window", None)
+        uses = getattr(cfg, "use_sliding_window", window is not None)
+        layer_types = getattr(cfg, "layer_types", None) or []
+        if window and uses and any("sliding" in str(t) for t in layer_types or ["sliding"]):
+            raise ValueError(
+                f"the base model uses sliding-window attention (window {window}); CoMeT chunks need full "
+                "attention inside a chunk. Load the base with use_sliding_window=False."
+            )
+
+    # ---- properties -------------------------------------------------------------------------------------------
+
+    @property
+    def inner(self) -> nn.Module:
+        return self._inner[0]
+
+    @property
+    def lm_head(self) -> nn.Module:
+        return self._lm_head[0]
+
+    @property
+    def device(self) -> torch.device:
+        return self.special_embeddings.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.inner.embed_tokens.weight.dtype
+
+    @property
+    def attn_implementation(self) -> str:
+        return getattr(self.inner.config, "_attn_implementation", None) or "sdpa"
+
+    @property
+    def adapter_fingerprint(self) -> str:
+        """Hash of the adapter tensors (memory nets, added embeddings, LoRA); cached until weights change."""
+        if self._adapter_fingerprint is None:
+            h = hashlib.sha256()
+            for name, t in sorted(self.adapter_state_dict().items()):
+                h.update(name.encode())
+                h.update(t.detach().float().cpu().contiguous().numpy().tobytes())
+            self._adapter_fingerprint = h.hexdigest()[:16]
+        return self._adapter_fingerprint
+
+    def invalidate_fingerprint(self) -> None:
+        """Call after changing adapter weights (training)."""
+        self._adapter_fingerprint = None
+
+    # ---- state ------------------------------------------------------------------------------------------------
+
+    def new_state(self, batch: int = 1) -> MemoryState:
+        """An empty memory for ``batch`` sessions, on this model's device."""
+        return MemoryState.empty(
+            num_layers=self.num_layers,
+            num_global=self.config.m,
+            fifo_budget=self.config.fifo,
+            hidden_size=self.hidden_size,
+            batch=batch,
+            dtype=self.dtype,
+            device=self.device,
+            config_fingerprint=self.config.fingerprint(),
+            base_fingerprint=self.base_fingerprint,
+            adapter_fingerprint=self.adapter_fingerprint,
+        )
+
+    def check_state(self, state: MemoryState) -> None:
+        state.check_compatible(self.config.fingerprint(), self.base_fingerprint, self.adapter_fingerprint)
+
+    # ---- the per-layer recurrence -----------------------------------------------------------------------------
+
+    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Token embeddings; added tokens read ``special_embeddings``."""
+        is_special = (input_ids >= self.first_special_id) & (input_ids < self.first_special_id + self.num_special)
+        base_ids = torch.where(is_special, torch.zeros_like(input_ids), input_ids)
+        emb = self.inner.embed_tokens(base_ids)
+        extra = self.special_embeddings[(input_ids - self.first_special_id).clamp(0, self.num_special - 1)]
+        return torch.where(is_special[..., None], extra.to(emb.dtype), emb)
+
+    def chunk_context(self, batch: LayoutBatch, hidden: torch.Tensor) -> dict[str, Any]:
+        """Mask and rotary embeddings of a chunk batch, shared by all layers."""
+        mask = causal_mask(batch.lengths, batch.input_ids.shape[1])
+        return {
+            "attention_mask": to_attention_mask(mask, self.attn_implementation, hidden.dtype),
+            "position_ids": batch.position_ids,
+            "position_embeddings": self.inner.rotary_emb(hidden, batch.position_ids),
+        }
+
+    def layer_step(
+        self,
+        layer: int,
+        hidden: torch.Tensor,
+        batch: LayoutBatch,
+        ctx: dict[str, Any],
+        S: torch.Tensor | None,
+        has_S: torch.Tensor,
+        Q: torch.Tensor | None,
+        q_len: torch.Tensor,
+        cache: Any = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """Run decoder layer ``layer`` on a batch of chunks with memory injection and update.
+
+        Returns (layer output, new S, new Q). S/Q are returned unchanged for samples whose chunk has no
+        readouts / compression tokens. ``has_S`` and ``q_len`` describe the state *before* this chunk.
+        """
+        mem = self.memory[layer]
+        x = hidden
+        m = self.config.m
+        if mem.global_net is not None and S is not None and bool(batch.has_global.any()):
+            injected = mem.global_net.adapter(S).to(x.dtype)
+            head = torch.where(batch.has_global[:, None, None], injected, x[:, :m])
+            x = torch.cat([head, x[:, m:]], dim=1)
+        if Q is not None and batch.temp_index.shape[1] > 0:
+            idx = batch.temp_index[..., None].expand(-1, -1, x.shape[-1])
+            cur = x.gather(1, idx)
+            src = torch.where(batch.temp_valid[..., None], Q[:, : idx.shape[1]].to(x.dtype), cur)
+            x = x.scatter(1, idx, src)
+
+        y = self.inner.layers[layer](
+            x, past_key_values=cache, use_cache=cache is not None, **ctx
+        )
+        if isinstance(y, tuple):
+            y = y[0]
+
+        new_S = S
+        if mem.global_net is not None and S is not None and bool(batch.has_readouts.any()):
+            cand = mem.global_net.norm(_gather_rows(y, batch.readout_index).float())
+            if self.config.gate:
+                g = torch.sigmoid(mem.global_net.gate(torch.cat([cand, S], dim=-1)))
+                upd = torch.where(has_S[:, None, None], g * S + (1 - g) * cand, cand)
+            else:
+                upd = cand
+            new_S = torch.where(batch.has_readouts[:, None, None], upd, S)
+        new_Q = Q
+        if mem.temp_net is not None and Q is not None and batch.compression_index.shape[1] > 0:
+            comp = _gather_rows(y, batch.compression_index).float()
+            entries = mem.temp_net.adapter(mem.temp_net.norm(comp))
+            new_Q, _ = fifo_push(Q, q_len, entries, batch.compression_valid.sum(1))
+        return y, new_S, new_Q
+
+    def _next_counters(self, batch: LayoutBatch, has_S: torch.Tensor, q_len: torch.Tensor):
+        new_has = has_S | batch.has_readouts if self.config.m else has_S
+        new_q = (q_len + batch.compression_valid.sum(1)).clamp(max=self.config.fifo) if self.config.fifo else q_len
+        return new_has, new_q
+
+    def _check_batch(self, batch: LayoutBatch, state: MemoryState) -> None:
+        if not torch.equal(batch.has_global.cpu(), (state.has_global & (self.config.m > 0)).cpu()):
+            raise ValueError("layout global slots disagree with the state's first-chunk flags")
+        if not torch.equal(batch.temp_valid.sum(1).cpu(), state.fifo_len.cpu()):
+            raise ValueError("layout temporary slots disagree with the state's FIFO fill")
+
+    @torch.no_grad()
+    def absorb_chunks(self, state: MemoryState, batch: LayoutBatch) -> None:
+        """Absorb one closed chunk per session of ``state`` (chunk-major, no KV cache), updating it in place."""
+        self._check_batch(batch, state)
+        batch = batch.to(self.device)
+        hidden = self.embed(batch.input_ids)
+        ctx = self.chunk_context(batch, hidden)
+        S_all = state.global_state if self.config.m else None
+        Q_all = state.fifo if self.config.fifo else None
+        for layer in range(self.num_layers):
+            S = S_all[layer] if S_all is not None else None
+            Q = Q_all[layer] if Q_all is not None else None
+            hidden, S, Q = self.layer_step(layer, hidden, batch, ctx, S, state.has_global, Q, state.fifo_len)
+            if S_all is not None:
+                S_all[layer] = S
+            if Q_all is not None:
+                Q_all[layer] = Q
+        state.has_global, state.fifo_len = self._next_counters(batch, state.has_global, state.fifo_len)
+        state.chunks += 1
+        state.tokens_absorbed += batch.text_valid.sum(1).to(state.tokens_absorbed.device)
+
+    # ---- training forward (layer-major) -----------------------------------------------------------------------
+
+    def forward_train(
+        self,
+        chunks: Sequence[LayoutBatch],
+        *,
+        loss_weights: Sequence[torch.Tensor] | None = None,
+        gradient_checkpointing: bool = False,
+        return_logits: bool = False,
+    ) -> dict[str, Any]:
+        """Layer-major forward over all chunks of a batch of sequences, memory reset at the start.
+
+        ``chunks[c]`` is the padded batch of every sequence's c-th chunk, with ``labels`` aligned to the layout
+        (see :func:`comet_agents.layout.layout_labels`). The loss is the weighted mean cross-entropy over
+        labelled positions (weights default to 1), computed chunk by chunk so full logits never exist at once.
+
+        Returns ``loss`` (None if nothing is labelled), ``num_labelled``, the final ``state`` tensors, and
+        ``logits`` (list per chunk) when ``return_logits``.
+        """
+        cfg = self.config
+        chunks = [c.to(self.device) for c in chunks]
+        bsz = chunks[0].input_ids.shape[0]
+        d = self.hidden_size
+        hidden = [self.embed(c.input_ids) for c in chunks]
+        ctxs = [self.chunk_context(c, h) for c, h in zip(chunks, hidden)]
+        has_S0 = torch.zeros(bsz, dtype=torch.bool, device=self.device)
+        q0 = torch.zeros(bsz, dtype=torch.long, device=self.device)
+        flags = [(has_S0, q0)]
+        for c in chunks[:-1]:
+            flags.append(self._next_counters(c, *flags[-1]))
+        final_S, final_Q = [], []
+        for layer in range(self.num_layers):
+            S = torch.zeros(bsz, cfg.m, d, device=self.device) if cfg.m else None
+            Q = torch.zeros(bsz, cfg.fifo, d, device=self.device, dtype=self.dtype) if cfg.fifo else None
+            for c, batch in enumerate(chunks):
+                has_S, q_len = flags[c]
+                args = (layer, hidden[c], batch, ctxs[c], S, has_S, Q, q_len)
+                if gradient_checkpointing and torch.is_grad_enabled():
+                    hidden[c], S, Q = checkpoint(self.layer_step, *args, use_reentrant=False)
+                else:
+                    hidden[c], S, Q = self.layer_step(*args)
+            final_S.append(S)
+            final_Q.append(Q)
+
+        out: dict[str, Any] = {"loss": None, "num_labelled": 0}
+        total, weight_sum = None, None
+        logits_out = []
+        for c, batch in enumerate(chunks):
+            if return_logits:
+                logits_out.append(self.logits(hidden[c]))
+            if batch.labels is None:
+                continue
+            w = loss_weights[c].to(self.device) if loss_weights is not None else None
+            sel = batch.labels != IGNORE_INDEX
+            if not bool(sel.any()):
+                continue
+            fn = self._chunk_loss
+            if gradient_checkpointing and torch.is_grad_enabled():
+                loss_sum, wsum = checkpoint(fn, hidden[c], batch.labels, w, use_reentrant=False)
+            else:
+                loss_sum, wsum = fn(hidden[c], batch.labels, w)
+            total = loss_sum if total is None else total + loss_sum
+            weight_sum = wsum if weight_sum is None else weight_sum + wsum
+            out["num_labelled"] += int(sel.sum())
+        if total is not None:
+            out["loss"] = total / weight_sum.clamp(min=1e-8)
+        out["global_state"] = torch.stack(final_S) if cfg.m else None
+        out["fifo"] = torch.stack(final_Q) if cfg.fifo else None
+        out["has_global"], out["fifo_len"] = self._next_counters(chunks[-1], *flags[-1])
+        if return_logits:
+            out["logits"] = logits_out
+        return out
+
+    def _chunk_loss(
+        self, hidden: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        sel = labels != IGNORE_INDEX
+        logits = self.logits(hidden[sel]).float()
+        ce = nn.functional.cross_entropy(logits, labels[sel], reduction="none")
+        w = weights[sel].float() if weights is not None else torch.ones_like(ce)
+        return (ce * w).sum(), w.sum()
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """LM-head logits over the base vocabulary, added tokens masked out."""
+        logits = self.lm_head(self.inner.norm(hidden))
+        if self.first_special_id < logits.shape[-1]:
+            logits[..., self.first_special_id :] = torch.finfo(logits.dtype).min
+        return logits
+
+    # ---- generation -------------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def prefill_open_chunk(self, state: MemoryState, batch: LayoutBatch) -> tuple[torch.Tensor, Any]:
+        """Run the open last chunk with a KV cache; returns (logits at each sample's last text token, cache).
+
+        The state is read, never written: recall does not change memory.
+        """
+        from transformers import DynamicCache
+
+        self._check_batch(batch, state)
+        batch = batch.to(self.device)
+        hidden = self.embed(batch.input_ids)
+        ctx = self.chunk_context(batch, hidden)
+        cache = DynamicCache(config=self.inner.config)
+        S_all = state.global_state if self.config.m else None
+        Q_all = state.fifo if self.config.fifo else None
+        for layer in range(self.num_layers):
+            S = S_all[layer] if S_all is not None else None
+            Q = Q_all[layer] if Q_all is not None else None
+            hidden, _, _ = self.layer_step(layer, hidden, batch, ctx, S, state.has_global, Q, state.fifo_len, cache)
+        last = batch.text_index.gather(1, (batch.text_valid.sum(1) - 1).clamp(min=0)[:, None])
+        return self.logits(_gather_rows(hidden, last))[:, 0], cache
+
+    @torch.no_grad()
+    def decode_step(
+        self, cache: Any, input_ids: torch.Tensor, position_ids: torch.Tensor, past_lengths: torch.Tensor
+    ) -> torch.Tensor:
+        """Feed ``input_ids`` (B, k) after the cache; returns logits (B, k, V). Nothing is written to memory."""
+        input_ids = input_ids.to(self.device)
+        position_ids = position_ids.to(self.device)
+        hidden = self.embed(input_ids)
+        past_total = cache.get_seq_length()
+        mask = decode_mask(past_lengths.to(self.device), past_total, input_ids.shape[1])
+        ctx = {
+            "attention_mask": to_attention_mask(mask, self.attn_implementation, hidden.dtype),
+            "position_ids": position_ids,
+            "position_embeddings": self.inner.rotary_emb(hidden, position_ids),
+        }
+        for layer in range(self.num_layers):
+            hidden = self.inner.layers[layer](hidden, past_key_values=cache, use_cache=True, **ctx)
+            if isinstance(hidden, tuple):
+                hidden = hidden[0]
+        return self.logits(hidden)
+
+    # ---- persistence ------------------------------------------------------------------------------------------
+
+    def adapter_state_dict(self) -> dict[str, torch.Tensor]:
+        """Everything the adapter adds to the base: memory nets, added embeddings, LoRA weights."""
+        sd = {f"memory.{k}": v for k, v in self.memory.state_dict().items()}
+        sd["special_embeddings"] = self.special_embeddings.data
+        if self.config.lora_rank > 0:
+            from peft import get_peft_model_state_dict
+
+            for k, v in get_peft_model_state_dict(self.backbone).items():
+                sd[f"lora.{k}"] = v
+        return {k: v.detach().float().cpu().contiguous() for k, v in sd.items()}
+
+    def load_adapter_state_dict(self, sd: dict[str, torch.Tensor]) -> None:
+        mem = {k[len("memory.") :]: v for k, v in sd.items() if k.startswith("memory.")}
+        self.memory.load_state_dict({k: v.float() for k, v in mem.items()}, strict=True)
+        emb = sd.get("special_embeddings")
+        if emb is None or tuple(emb.shape) != tuple(self.special_embeddings.shape):
+            raise ValueError("adapter special_embeddings are missing or have the wrong shape")
+        with torch.no_grad():
+            self.special_embeddings.copy_(emb)
+        lora = {k[len("lora.") :]: v for k, v in sd.items() if k.startswith("lora.")}
+        if self.config.lora_rank > 0:
+            from peft import set_peft_model_state_dict
+
+            if not lora:
+                raise ValueError("adapter has no LoRA weights but its config asks for LoRA")
+            dtype = self.dtype
+            result = set_peft_model_state_dict(self.backbone, {k: v.to(dtype) for k, v in lora.items()})
+            unexpected = getattr(result, "unexpected_keys", [])
+            if unexpected:
+                raise ValueError(f"adapter has LoRA weights the model does not expect: {unexpected[:3]}")
+        self.invalidate_fingerprint()
+
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """Write the adapter (``comet_adapter.safetensors``) and ``comet_config.json`` into ``directory``."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        save_file(self.adapter_state_dict(), directory / ADAPTER_FILE, metadata={"format": "comet-agents/adapter"})
+        self.config.save(
+            directory,
+            extra={
+                "base_name": self.base_name,
+                "base_fingerprint": self.base_fingerprint,
+                "base_model_type": self.inner.config.model_type,
+                "first_special_id": self.first_special_id,
+                "adapter_fingerprint": self.adapter_fingerprint,
+            },
+        )
+        return directory
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        name_or_path: str | Path = "default",
+        *,
+        base: str | None = None,
+        config: CometConfig | None = None,
+        device: str | torch.device | None = None,
+        dtype: torch.dtype | None = None,
+        attn_implementation: str = "sdpa",
+    ) -> "CometModel":
+        """Load a CoMeT model.
+
+        ``name_or_path`` is ``"default"`` (the adapter shipped in ``comet_agents/weights`` on SmolLM2-135M-
+        Instruct), a directory holding ``comet_config.json`` + ``comet_adapter.safetensors``, or a bare base
+        model (local directory or Hub id), which gets an untrained adapter built from ``config``.
+        ``base`` overrides the base model an adapter names. Defaults: CUDA when available with bfloat16,
+        else CPU with float32.
+        """
+        from .base_models import DEFAULT_BASE, load_base
+
+        device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
+        adapter_dir: Path | None = None
+        if str(name_or_path) == "default":
+            if (WEIGHTS_DIR / ADAPTER_FILE).exists():
+                adapter_dir = WEIGHTS_DIR
+            else:
+                log.warning("no trained default adapter is shipped in %s; using an untrained one", WEIGHTS_DIR)
+                name_or_path = base or DEFAULT_BASE
+        elif (Path(name_or_path) / ADAPTER_FILE).exists():
+            adapter_dir = Path(name_or_path)
+
+        if adapter_dir is None:
+            loaded = load_base(str(name_or_path), dtype=dtype, device=device, attn_implementation=attn_implementation)
+            model = cls(
+                loaded.model,
+                config,
+                tokenizer=loaded.tokenizer,
+                base_name=loaded.name,
+                base_fingerprint=loaded.fingerprint,
+            )
+            return model.to(device)
+
+        saved_config, meta = CometConfig.load(adapter_dir)
+        if config is not None and config != saved_config:
+            raise ValueError(f"the adapter in {adapter_dir} was trained with another CometConfig")
+        loaded = load_base(base or meta.get("base_name") or DEFAULT_BASE, dtype=dtype, device=device,
+                           attn_implementation=attn_implementation)
+        expected = meta.get("base_fingerprint", "")
+        if expected and loaded.fingerprint != expected:
+            log.warning(
+                "base weights differ from those the adapter was trained on (fingerprint %s, adapter expects %s); "
+                "answers may degrade", loaded.fingerprint, expected,
+            )
+        model = cls(
+            loaded.model,
+            saved_config,
+            tokenizer=loaded.tokenizer,
+            base_name=loaded.name,
+            base_fingerprint=loaded.fingerprint,
+        )
+        if "first_special_id" in meta and model.first_special_id != meta["first_special_id"]:
+            raise ValueError("the tokenizer places the CoMeT tokens at other ids than the adapter expects")
+        model.load_adapter_state_dict(load_file(str(adapter_dir / ADAPTER_FILE)))
+        return model.to(device)
+
+    def describe(self) -> dict[str, Any]:
+        """Facts for ``comet-agents info`` and logs."""
+        n_mem = sum(p.numel() for p in self.memory.parameters())
+        n_lora = sum(p.numel() for n, p in self.backbone.named_parameters() if "lora_" in n)
+        state_bytes = self.new_state().nbytes()
+        return {
+            "base": self.base_name,
+            "base_model_type": self.inner.config.model_type,
+            "base_fingerprint": self.base_fingerprint,
+            "adapter_fingerprint": self.adapter_fingerprint,
+            "layers": self.num_layers,
+            "hidden_size": self.hidden_size,
+            "config": self.config.to_dict(),
+            "memory_parameters": n_mem,
+            "lora_parameters": n_lora,
+            "added_embedding_rows": self.num_special,
+            "state_bytes_per_session": state_bytes,
+            "steady_layout_positions": self.config.steady_layout_len(),
+            "device": str(self.device),
+            "dtype": str(self.dtype).replace("torch.", ""),
+            "attn_implementation": self.attn_implementation,
+        }
+
+    def __repr__(self) -> str:  # nn.Module's repr of a peft-wrapped backbone is thousands of lines
+        return f"CometModel({json.dumps(self.describe(), default=str)})"

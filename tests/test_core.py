@@ -1,0 +1,315 @@
+"""The CoMeT recurrence: streaming equivalence, batching, layer-major vs chunk-major, wrapper sanity, rules."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from comet_agents import CometConfig, CometModel, MemoryState
+from comet_agents.engine import MemoryEngine
+from comet_agents.layout import pad_layouts, sequence_layouts, split_into_chunks
+from comet_agents.modeling import fifo_push
+from comet_agents.state import StateMismatchError
+
+from tiny import VOCAB, tiny_base, tiny_model
+
+ATOL = 1e-5
+
+
+def tokens(n: int, seed: int = 0) -> list[int]:
+    rng = random.Random(seed)
+    return [rng.randrange(2, VOCAB) for _ in range(n)]
+
+
+def recall_logits(engine: MemoryEngine, state: MemoryState, prompt: list[int]) -> torch.Tensor:
+    batch, _, _ = engine.open_chunk(state, prompt)
+    logits, _ = engine.model.prefill_open_chunk(state, batch)
+    return logits
+
+
+def assert_same_state(a: MemoryState, b: MemoryState, atol: float = ATOL) -> None:
+    assert torch.equal(a.has_global, b.has_global)
+    assert torch.equal(a.fifo_len, b.fifo_len)
+    assert a.pending == b.pending
+    assert torch.equal(a.chunks, b.chunks) and torch.equal(a.tokens_absorbed, b.tokens_absorbed)
+    torch.testing.assert_close(a.global_state, b.global_state, atol=atol, rtol=1e-4)
+    torch.testing.assert_close(a.fifo, b.fifo, atol=atol, rtol=1e-4)
+
+
+@pytest.fixture(scope="module", params=["llama", "qwen3"])
+def engine(request) -> MemoryEngine:
+    return MemoryEngine(tiny_model(request.param), max_batch=4)
+
+
+def test_streaming_is_independent_of_how_input_is_cut(engine: MemoryEngine) -> None:
+    toks = tokens(107)
+    one = engine.absorb(engine.new_state(), toks)
+    assert int(one.chunks) == 107 // engine.config.chunk_size and len(one.pending[0]) == 107 % 12
+    by_token = engine.new_state()
+    for t in toks:
+        engine.absorb(by_token, [t])
+    pieces = engine.new_state()
+    rng, i = random.Random(1), 0
+    while i < len(toks):
+        n = rng.randint(0, 30)
+        engine.absorb(pieces, toks[i : i + n])
+        i += n
+    prompt = tokens(9, seed=5)
+    ref = recall_logits(engine, one, prompt)
+    for other in (by_token, pieces):
+        assert_same_state(one, other)
+        torch.testing.assert_close(recall_logits(engine, other, prompt), ref, atol=ATOL, rtol=1e-4)
+
+
+def test_batched_sessions_equal_single_sessions(engine: MemoryEngine) -> None:
+    # Different lengths: sessions sit at different FIFO fills and first-chunk states when batched.
+    streams = [tokens(n, seed=n) for n in (5, 13, 40, 77, 100)]
+    singles = [engine.absorb(engine.new_state(), s) for s in streams]
+    batched = [engine.new_state() for _ in streams]
+    engine.absorb_many(batched, [s[:20] for s in streams])
+    engine.absorb_many(batched, [s[20:] for s in streams])
+    prompt = tokens(7, seed=99)
+    for single, b in zip(singles, batched):
+        assert_same_state(single, b)
+        torch.testing.assert_close(recall_logits(engine, b, prompt), recall_logits(engine, single, prompt),
+                                   atol=ATOL, rtol=1e-4)
+
+
+def test_layer_major_training_forward_equals_chunk_major_streaming(engine: MemoryEngine) -> None:
+    model, cfg = engine.model, engine.config
+    toks = tokens(12 * 7 + 5, seed=3)
+    prompt = tokens(6, seed=4)
+    streamed = engine.absorb(engine.new_state(), toks)
+    ref_logits = recall_logits(engine, streamed, prompt)
+
+    chunk_texts = split_into_chunks(toks, cfg.chunk_size)
+    closed, tail = chunk_texts[:-1], chunk_texts[-1]
+    layouts = sequence_layouts(closed + [tail + prompt], num_global=cfg.m, fifo_budget=cfg.fifo,
+                               stride=cfg.stride, ids=model.special, last_open=True)
+    batches = [pad_layouts([lay], model.special.pad) for lay in layouts]
+    with torch.no_grad():
+        out = model.forward_train(batches, return_logits=True)
+    # Final open chunk logits at its last text token equal the recall logits of the streamed state.
+    last = layouts[-1].text_index[-1]
+    torch.testing.assert_close(out["logits"][-1][:, last], ref_logits, atol=ATOL, rtol=1e-4)
+    # The state after the closed chunks equals the streamed state.
+    with torch.no_grad():
+        out_closed = model.forward_train(batches[:-1])
+    torch.testing.assert_close(out_closed["global_state"], streamed.global_state, atol=ATOL, rtol=1e-4)
+    torch.testing.assert_close(out_closed["fifo"], streamed.fifo, atol=ATOL, rtol=1e-4)
+    assert torch.equal(out_closed["fifo_len"], streamed.fifo_len)
+
+
+@pytest.mark.parametrize("kind", ["llama", "qwen3"])
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_one_chunk_without_memory_features_equals_the_base_model(kind: str, attn: str) -> None:
+    base = tiny_base(kind, attn)
+    model = CometModel(base, CometConfig(chunk_size=16, global_memory=False, temporary_memory=False, lora_rank=0))
+    toks = tokens(16, seed=7)
+    layouts = sequence_layouts([toks], num_global=0, fifo_budget=0, stride=0, ids=model.special, last_open=True)
+    with torch.no_grad():
+        ours = model.forward_train([pad_layouts(layouts, model.special.pad)], return_logits=True)["logits"][0]
+        ref = base(torch.tensor([toks])).logits
+    torch.testing.assert_close(ours, ref, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("kind", ["llama", "qwen3"])
+def test_first_chunk_text_logits_equal_base_without_temporary_memory(kind: str) -> None:
+    """With s = -1 (no compression tokens), chunk 0's text positions see only text: base logits."""
+    base = tiny_base(kind)
+    model = CometModel(base, CometConfig(chunk_size=16, num_global_slots=3, temporary_memory=False, lora_rank=0))
+    toks = tokens(16, seed=8)
+    layouts = sequence_layouts([toks], num_global=3, fifo_budget=0, stride=0, ids=model.special, last_open=False)
+    with torch.no_grad():
+        ours = model.forward_train([pad_layouts(layouts, model.special.pad)], return_logits=True)["logits"][0]
+        ref = base(torch.tensor([toks])).logits
+    torch.testing.assert_close(ours[:, list(layouts[0].text_index)], ref, atol=1e-5, rtol=1e-4)
+
+
+def test_sdpa_and_eager_agree() -> None:
+    a = MemoryEngine(tiny_model("llama", "sdpa"))
+    b = MemoryEngine(tiny_model("llama", "eager"))
+    toks = tokens(60, seed=11)
+    sa, sb = a.absorb(a.new_state(), toks), b.absorb(b.new_state(), toks)
+    assert_same_state(sa, sb, atol=1e-4)
+    assert a.generate(sa, [3, 4, 5], max_new_tokens=12) == b.generate(sb, [3, 4, 5], max_new_tokens=12)
+
+
+def test_bfloat16_runs_and_stays_close_to_float32() -> None:
+    model = tiny_model("llama")
+    e32 = MemoryEngine(model)
+    s32 = e32.absorb(e32.new_state(), tokens(50))
+    model16 = tiny_model("llama").to(torch.bfloat16)
+    model16.memory.float()
+    model16.special_embeddings.data = model16.special_embeddings.data.float()
+    e16 = MemoryEngine(model16)
+    s16 = e16.absorb(e16.new_state(), tokens(50))
+    assert s16.fifo.dtype == torch.bfloat16 and s16.global_state.dtype == torch.float32
+    assert torch.isfinite(s16.global_state).all()
+    cos = torch.nn.functional.cosine_similarity(s16.global_state.flatten(), s32.global_state.flatten(), dim=0)
+    assert cos > 0.98
+
+
+# ---- the rules, each with a test that fails if the rule is broken ----------------------------------------------
+
+
+def test_first_chunk_sets_state_to_the_candidate_whatever_the_gate() -> None:
+    """First chunk: S = candidate (no gate). Changing the gate weights must not change S after chunk 0,
+    but must change it after chunk 1."""
+    toks = tokens(24, seed=2)
+    results = []
+    for scale in (0.0, 5.0):
+        model = tiny_model("llama")
+        with torch.no_grad():
+            for mem in model.memory:
+                mem.global_net.gate.weight.mul_(scale)
+        model.invalidate_fingerprint()
+        e = MemoryEngine(model)
+        s = e.absorb(e.new_state(), toks[:12])
+        s1 = s.global_state.clone()
+        e.absorb(s, toks[12:])
+        results.append((s1, s.global_state.clone()))
+    torch.testing.assert_close(results[0][0], results[1][0], atol=0, rtol=0)
+    assert (results[0][1] - results[1][1]).abs().max() > 1e-3
+
+
+def test_gated_update_follows_the_formula() -> None:
+    """S_c = g * S_old + (1-g) * S_hat, g = sigmoid([S_hat ; S_old] @ w): recomputed here from hooks."""
+    model = tiny_model("llama")
+    e = MemoryEngine(model)
+    toks = tokens(24, seed=4)
+    s = e.absorb(e.new_state(), toks[:12])
+    old = s.global_state.clone()
+    captured = {}
+    layer = 1
+    net = model.memory[layer].global_net
+    handle = net.norm.register_forward_hook(lambda mod, inp, out: captured.setdefault("cand", out.detach()))
+    e.absorb(s, toks[12:])
+    handle.remove()
+    cand = captured["cand"][0]
+    w = net.gate.weight.detach()[0]
+    d = cand.shape[-1]
+    g = torch.sigmoid(cand @ w[:d] + old[layer, 0] @ w[d:])[:, None]
+    torch.testing.assert_close(s.global_state[layer, 0], g * old[layer, 0] + (1 - g) * cand, atol=1e-6, rtol=1e-5)
+
+
+def test_no_gate_ablation_replaces_state_by_candidate() -> None:
+    gated = MemoryEngine(tiny_model("llama"))
+    plain = MemoryEngine(tiny_model("llama", gate=False))
+    toks = tokens(36, seed=6)
+    sg, sp = gated.absorb(gated.new_state(), toks), plain.absorb(plain.new_state(), toks)
+    assert (sg.global_state - sp.global_state).abs().max() > 1e-3
+
+
+def test_fifo_push_matches_a_list_reference() -> None:
+    rng = random.Random(0)
+    budget, d = 5, 2
+    for _ in range(200):
+        bsz = rng.randint(1, 4)
+        lens = [rng.randint(0, budget) for _ in range(bsz)]
+        nnew = [rng.randint(0, 7) for _ in range(bsz)]
+        fifo = torch.zeros(bsz, budget, d)
+        ref = []
+        for b in range(bsz):
+            rows = [[float(100 * b + i), -1.0] for i in range(lens[b])]
+            ref.append(rows)
+            if rows:
+                fifo[b, : lens[b]] = torch.tensor(rows)
+        width = max(nnew) or 1
+        entries = torch.full((bsz, width, d), 7.0)
+        for b in range(bsz):
+            for i in range(nnew[b]):
+                entries[b, i] = torch.tensor([1000.0 + 10 * b + i, 1.0])
+                ref[b].append([1000.0 + 10 * b + i, 1.0])
+        out, keep = fifo_push(fifo, torch.tensor(lens), entries, torch.tensor(nnew))
+        for b in range(bsz):
+            expect = ref[b][-budget:]
+            assert int(keep[b]) == len(expect)
+            if expect:
+                assert out[b, : len(expect)].tolist() == expect  # oldest first, oldest evicted
+            assert (out[b, len(expect) :] == 0).all()
+
+
+def test_fifo_evicts_oldest_in_the_model() -> None:
+    """After enough chunks the FIFO is full and holds exactly the newest compression entries."""
+    model = tiny_model("llama")
+    e = MemoryEngine(model)
+    toks = tokens(12 * 4, seed=9)
+    s = e.absorb(e.new_state(), toks)
+    # 3 compression tokens per 12-token chunk, budget 5: after 4 chunks the FIFO holds the last 5 entries.
+    assert int(s.fifo_len) == 5
+    captured = []
+    net = model.memory[0].temp_net
+    handle = net.adapter.register_forward_hook(lambda mod, inp, out: captured.append(out.detach()))
+    s2 = e.absorb(e.new_state(), toks)
+    handle.remove()
+    all_entries = torch.cat([c[0] for c in captured])  # 12 entries in order
+    torch.testing.assert_close(s2.fifo[0, 0], all_entries[-5:].to(s2.fifo.dtype), atol=1e-6, rtol=1e-5)
+
+
+# ---- state handling ---------------------------------------------------------------------------------------------
+
+
+def test_state_round_trip_is_bit_exact_and_mismatches_are_refused(engine: MemoryEngine) -> None:
+    s = engine.absorb(engine.new_state(), tokens(50))
+    back = MemoryState.from_bytes(s.to_bytes())
+    for name in ("global_state", "has_global", "fifo", "fifo_len", "tokens_absorbed", "chunks"):
+        assert torch.equal(getattr(s, name), getattr(back, name)), name
+    assert back.pending == s.pending
+    engine.absorb(back, tokens(5))  # still usable
+    other_cfg = MemoryEngine(tiny_model("llama", fifo_budget=6))
+    with pytest.raises(StateMismatchError, match="CometConfig"):
+        other_cfg.absorb(MemoryState.from_bytes(s.to_bytes()), tokens(3))
+    other_base = MemoryEngine(tiny_model("llama", seed=5))
+    with pytest.raises(StateMismatchError, match="base model"):
+        other_base.generate(MemoryState.from_bytes(s.to_bytes()), [3])
+
+
+def test_split_merge_round_trip(engine: MemoryEngine) -> None:
+    states = [engine.absorb(engine.new_state(), tokens(n, seed=n)) for n in (3, 30, 70)]
+    merged = MemoryState.merge(states)
+    assert merged.batch_size == 3
+    for a, b in zip(states, merged.split()):
+        assert_same_state(a, b, atol=0)
+    assert MemoryState.from_bytes(merged.to_bytes()).batch_size == 3
+
+
+def test_bad_tokens_and_empty_prompt_are_refused(engine: MemoryEngine) -> None:
+    s = engine.new_state()
+    with pytest.raises(ValueError, match="outside the text vocabulary"):
+        engine.absorb(s, [5, VOCAB + 3])
+    assert s.pending == [[]]
+    with pytest.raises(ValueError, match="nothing to answer"):
+        engine.generate(s, [])
+
+
+def test_state_size_is_constant(engine: MemoryEngine) -> None:
+    s = engine.new_state()
+    size0 = s.nbytes() - 0
+    engine.absorb(s, tokens(12 * 20))
+    assert s.nbytes() == size0  # no pending tokens left, all tensors fixed-size
+
+
+def test_adapter_save_load_round_trip(tmp_path) -> None:
+    model = tiny_model("llama", lora_rank=4)
+    model.save_pretrained(tmp_path)
+    fresh = CometModel(tiny_base("llama"), model.config, base_fingerprint=model.base_fingerprint)
+    assert fresh.adapter_fingerprint != model.adapter_fingerprint
+    from safetensors.torch import load_file
+
+    fresh.load_adapter_state_dict(load_file(tmp_path / "comet_adapter.safetensors"))
+    assert fresh.adapter_fingerprint == model.adapter_fingerprint
+    e1, e2 = MemoryEngine(model), MemoryEngine(fresh)
+    toks = tokens(40)
+    torch.testing.assert_close(e1.absorb(e1.new_state(), toks).global_state,
+                               e2.absorb(e2.new_state(), toks).global_state, atol=0, rtol=0)
+
+
+def test_unsupported_backbone_is_refused() -> None:
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    base = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=50))
+    with pytest.raises(ValueError, match="supports decoder models of type llama, qwen2, qwen3, mistral"):
+        CometModel(base)

@@ -1,0 +1,47 @@
+"""Tiny random Llama / Qwen3 backbones for unit tests (fast on 2 CPU cores)."""
+
+from __future__ import annotations
+
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM, Qwen3Config, Qwen3ForCausalLM
+
+from comet_agents import CometConfig, CometModel
+
+VOCAB = 96
+
+
+def tiny_base(kind: str = "llama", attn: str = "sdpa", seed: int = 0):
+    torch.manual_seed(seed)
+    common = dict(
+        vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+        eos_token_id=1, pad_token_id=1, tie_word_embeddings=True,
+    )
+    if kind == "llama":
+        cfg = LlamaConfig(**common)
+        model = LlamaForCausalLM(cfg)
+    elif kind == "qwen3":
+        cfg = Qwen3Config(head_dim=8, use_sliding_window=False, **common)
+        model = Qwen3ForCausalLM(cfg)
+    else:
+        raise ValueError(kind)
+    model.config._attn_implementation = attn
+    return model.float().eval()
+
+
+def tiny_config(**overrides) -> CometConfig:
+    base = dict(chunk_size=12, num_global_slots=3, compression_stride=4, fifo_budget=5, adapter_rank=2, lora_rank=0)
+    base.update(overrides)
+    return CometConfig(**base)
+
+
+def tiny_model(kind: str = "llama", attn: str = "sdpa", seed: int = 0, **overrides) -> CometModel:
+    model = CometModel(tiny_base(kind, attn, seed), tiny_config(**overrides), base_fingerprint=f"tiny-{kind}-{seed}")
+    # Memory nets are initialised near identity; perturb them so tests see real gates and adapters.
+    g = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for p in model.memory.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * 0.3)
+        model.special_embeddings.add_(torch.randn(model.special_embeddings.shape, generator=g))
+    model.invalidate_fingerprint()
+    return model.eval()
