@@ -15,7 +15,7 @@ def tiny_base(kind: str = "llama", attn: str = "sdpa", seed: int = 0):
     common = dict(
         vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-        eos_token_id=1, pad_token_id=1, tie_word_embeddings=True,
+        eos_token_id=1, pad_token_id=1, tie_word_embeddings=True, initializer_range=0.2,
     )
     if kind == "llama":
         cfg = LlamaConfig(**common)

@@ -1,0 +1,110 @@
+"""From generated samples to training chunks: tokenisation, supervision, chunk plans and padded batches.
+
+A training sequence is laid out exactly as the engine lays out a stream at run time: the stream is cut into
+closed chunks of ``C`` tokens, and the stream's tail plus the question/answer turns form the open last chunk
+(no readouts), so the model learns on the very layouts it will see when answering. Questions are chat turns
+built by :func:`comet_agents.engine.chat_question`; only the answers (and the end-of-turn token) are
+supervised, plus optionally the stream itself at a small weight (``lm_weight``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ..engine import chat_question
+from ..layout import LayoutBatch, layout_labels, pad_layouts, sequence_layouts, shift_labels
+from ..modeling import CometModel
+
+
+@dataclass
+class TrainingExample:
+    """One tokenised sequence: closed chunks, then the open chunk; labels/weights per text token."""
+
+    chunk_texts: list[list[int]]
+    chunk_labels: list[list[int]]
+    chunk_weights: list[list[float]]
+    family: str
+
+    @property
+    def num_chunks(self) -> int:
+        return len(self.chunk_texts)
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(len(c) for c in self.chunk_texts)
+
+
+def qa_pieces(tokenizer: Any, qa: Sequence[Any]) -> list[tuple[str, bool]]:
+    """Question/answer turns as (text, supervised) pieces.
+
+    Every question is rendered by :func:`chat_question`, as at recall time; every answer is followed by the
+    template's end-of-turn marker so the model learns to stop.
+    """
+    end = "<|im_end|>\n" if "<|im_end|>" in tokenizer.get_vocab() else (tokenizer.eos_token or "") + "\n"
+    pieces: list[tuple[str, bool]] = []
+    for item in qa:
+        pieces.append((chat_question(tokenizer, item.question), False))
+        pieces.append((item.answer.strip() + end.rstrip("\n"), True))
+        pieces.append(("\n", False))
+    return pieces
+
+
+def encode_sample(sample: Any, tokenizer: Any, chunk_size: int, *, lm_weight: float = 0.0) -> TrainingExample:
+    """Tokenise a :class:`~comet_agents.training.data.common.Sample` into a chunk plan with labels."""
+
+    def enc(text: str) -> list[int]:
+        return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    stream = enc(sample.stream)
+    qa_ids: list[int] = []
+    qa_sup: list[bool] = []
+    for text, sup in qa_pieces(tokenizer, sample.qa):
+        ids = enc(text)
+        qa_ids.extend(ids)
+        qa_sup.extend([sup] * len(ids))
+    n_closed = len(stream) // chunk_size
+    ids = stream + qa_ids
+    supervised = [False] * len(stream) + qa_sup
+    labels = shift_labels(ids, supervised)
+    weights = [1.0 if lab != -100 else 0.0 for lab in labels]
+    if lm_weight > 0:
+        stream_labels = shift_labels(ids, [True] * len(stream) + [False] * len(qa_ids))
+        for t in range(len(stream) - 1):
+            if labels[t] == -100:
+                labels[t] = stream_labels[t]
+                weights[t] = lm_weight
+    bounds = [i * chunk_size for i in range(n_closed + 1)] + [len(ids)]
+    return TrainingExample(
+        chunk_texts=[ids[a:b] for a, b in zip(bounds, bounds[1:])],
+        chunk_labels=[labels[a:b] for a, b in zip(bounds, bounds[1:])],
+        chunk_weights=[weights[a:b] for a, b in zip(bounds, bounds[1:])],
+        family=sample.family,
+    )
+
+
+def collate(examples: Sequence[TrainingExample], model: CometModel) -> tuple[list[LayoutBatch], list[torch.Tensor]]:
+    """Padded chunk batches (with labels) and per-position loss weights; all examples need equal chunk counts."""
+    counts = {ex.num_chunks for ex in examples}
+    if len(counts) != 1:
+        raise ValueError(f"examples in one batch must have the same number of chunks, got {sorted(counts)}")
+    cfg = model.config
+    per_example = []
+    for ex in examples:
+        lays = sequence_layouts(ex.chunk_texts, num_global=cfg.m, fifo_budget=cfg.fifo, stride=cfg.stride,
+                                ids=model.special, last_open=True)
+        per_example.append(lays)
+    batches, weights = [], []
+    for c in range(counts.pop()):
+        lays = [p[c] for p in per_example]
+        labs = [layout_labels(lay, ex.chunk_labels[c]) for lay, ex in zip(lays, examples)]
+        batch = pad_layouts(lays, model.special.pad, labels=labs)
+        w = torch.zeros(batch.input_ids.shape, dtype=torch.float32)
+        for b, (lay, ex) in enumerate(zip(lays, examples)):
+            w[b, list(lay.text_index)] = torch.tensor(ex.chunk_weights[c], dtype=torch.float32)
+        batches.append(batch)
+        weights.append(w)
+    return batches, weights

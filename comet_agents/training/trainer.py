@@ -1,0 +1,301 @@
+"""Training a CoMeT adapter: frozen backbone, trainable memory nets (5x learning rate), added embeddings, LoRA.
+
+* Data: synthetic samples generated on the fly, deterministically from ``(seed, step, micro-batch)``, so a
+  resumed run sees exactly the batches an uninterrupted run would.
+* Forward: layer-major over all chunks of a sequence (``CometModel.forward_train``), full backpropagation
+  through every chunk, activation checkpointing of every (layer, chunk) step and of every chunk's loss.
+* Curriculum over sequence length: the number of closed chunks per sequence grows with the step.
+* Data parallel with torchrun: every rank trains on its own micro-batches, gradients are averaged with an
+  all-reduce before each optimizer step (no DDP wrapper needed: only adapter parameters train).
+* Checkpoints are safetensors + JSON (adapter, AdamW moments, trainer state), never pickle; each file stays
+  under 16 MB for SmolLM2-135M so checkpoints travel through size-limited channels.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from ..base_models import DEFAULT_BASE
+from ..config import CometConfig
+from ..modeling import ADAPTER_FILE, CometModel
+from .examples import TrainingExample, collate, encode_sample
+
+STATE_FILE = "trainer_state.json"
+
+
+@dataclass
+class TrainArgs:
+    """Everything a run depends on; stored in the checkpoint and checked on resume."""
+
+    output_dir: str
+    base: str | None = None
+    steps: int = 1000
+    lr: float = 2e-4
+    memory_lr_mult: float = 5.0
+    warmup_steps: int = 20
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    grad_accum: int = 1
+    tokens_per_micro_batch: int = 32768
+    curriculum: list[tuple[int, int]] = field(default_factory=lambda: [(200, 2), (500, 4), (10**9, 8)])
+    families: dict[str, float] = field(default_factory=lambda: {"passkey": 1.0})
+    lm_weight: float = 0.0
+    seed: int = 0
+    save_every: int = 100
+    log_every: int = 10
+    max_minutes: float | None = None
+    num_workers: int = 4
+    smoke: bool = False
+    comet: dict[str, Any] = field(default_factory=dict)
+
+    def chunks_at(self, step: int) -> int:
+        """Closed chunks per sequence at ``step`` (curriculum: list of (until_step, chunks))."""
+        for until, n in self.curriculum:
+            if step < until:
+                return n
+        return self.curriculum[-1][1]
+
+
+def lr_factor(step: int, args: TrainArgs) -> float:
+    """Linear warm-up then cosine decay to zero."""
+    if step < args.warmup_steps:
+        return (step + 1) / args.warmup_steps
+    progress = (step - args.warmup_steps) / max(1, args.steps - args.warmup_steps)
+    return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+class SampleSource:
+    """Deterministic micro-batches: the batch for (step, micro) depends on nothing else.
+
+    Every example of a micro-batch has the same number of closed chunks (``n``), so chunks batch without
+    padding whole chunks; the open chunk's length varies and is padded.
+    """
+
+    def __init__(self, args: TrainArgs, tokenizer: Any, chunk_size: int,
+                 generate: Callable[[int, int, dict[str, float], Callable[[str], int]], Any] | None = None) -> None:
+        self.args = args
+        self.tokenizer = tokenizer
+        self.chunk_size = chunk_size
+        if generate is None:
+            from .data.common import generate_mixed
+
+            generate = generate_mixed
+        self.generate = generate
+
+    def count(self, text: str) -> int:
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def micro_batch(self, step: int, micro: int) -> list[TrainingExample]:
+        args, C = self.args, self.chunk_size
+        n = args.chunks_at(step)
+        size = max(1, args.tokens_per_micro_batch // ((n + 1) * C))
+        rng = random.Random(f"{args.seed}/{step}/{micro}")
+        out: list[TrainingExample] = []
+        attempts = 0
+        while len(out) < size:
+            attempts += 1
+            if attempts > 40 * size:
+                raise RuntimeError(f"could not generate sequences of {n} chunks (chunk size {C})")
+            target = n * C + rng.randint(C // 8, C - C // 8)
+            sample = self.generate(rng.randrange(2**31), target, args.families, self.count)
+            ex = encode_sample(sample, self.tokenizer, C, lm_weight=args.lm_weight)
+            if ex.num_chunks == n + 1:
+                out.append(ex)
+        return out
+
+
+class _MicroBatches(torch.utils.data.Dataset):
+    """Index i -> (step, micro-batch) for this rank; workers generate data while the GPU trains."""
+
+    def __init__(self, micro_batch: Callable[[int, int], list[TrainingExample]], start_step: int, steps: int,
+                 accum: int, rank: int, world: int):
+        self.micro_batch, self.start, self.steps, self.accum, self.rank, self.world = (
+            micro_batch, start_step, steps, accum, rank, world)
+
+    def __len__(self) -> int:
+        return (self.steps - self.start) * self.accum
+
+    def __getitem__(self, i: int) -> tuple[int, list[TrainingExample]]:
+        step = self.start + i // self.accum
+        micro = (i % self.accum) * self.world + self.rank
+        return step, self.micro_batch(step, micro)
+
+
+def trainable_groups(model: CometModel, args: TrainArgs) -> list[dict[str, Any]]:
+    memory = [p for p in model.memory.parameters()]
+    other = [model.special_embeddings] + [p for n, p in model.backbone.named_parameters() if "lora_" in n]
+    for p in memory + other:
+        p.requires_grad_(True)
+    return [
+        {"params": memory, "lr": args.lr * args.memory_lr_mult, "base_lr": args.lr * args.memory_lr_mult},
+        {"params": other, "lr": args.lr, "base_lr": args.lr},
+    ]
+
+
+def _param_names(model: CometModel) -> dict[int, str]:
+    return {id(p): n for n, p in model.named_parameters()}
+
+
+def save_checkpoint(directory: Path, model: CometModel, opt: torch.optim.Optimizer, step: int,
+                    args: TrainArgs, history: list[dict[str, float]]) -> None:
+    """Adapter + AdamW moments (two safetensors files) + JSON trainer state, written atomically."""
+    tmp = directory.with_name(directory.name + ".tmp")
+    tmp.mkdir(parents=True, exist_ok=True)
+    model.invalidate_fingerprint()
+    model.save_pretrained(tmp)
+    names = _param_names(model)
+    moments: dict[str, dict[str, torch.Tensor]] = {"exp_avg": {}, "exp_avg_sq": {}}
+    steps: dict[str, float] = {}
+    for group in opt.param_groups:
+        for p in group["params"]:
+            st = opt.state.get(p)
+            if not st:
+                continue
+            name = names[id(p)]
+            for k in moments:
+                moments[k][name] = st[k].detach().float().cpu().contiguous()
+            steps[name] = float(st["step"])
+    for k, tensors in moments.items():
+        save_file(tensors, tmp / f"optim_{k}.safetensors")
+    (tmp / STATE_FILE).write_text(json.dumps(
+        {"step": step, "args": asdict(args), "adam_steps": steps, "history": history[-2000:]}, indent=1))
+    if directory.exists():
+        for f in directory.iterdir():
+            f.unlink()
+        directory.rmdir()
+    tmp.rename(directory)
+
+
+def load_checkpoint(directory: Path, model: CometModel, opt: torch.optim.Optimizer) -> tuple[int, list[dict]]:
+    """Restore adapter weights and AdamW state; returns (next step, history)."""
+    state = json.loads((directory / STATE_FILE).read_text())
+    model.load_adapter_state_dict(load_file(str(directory / ADAPTER_FILE)))
+    names = _param_names(model)
+    moments = {k: load_file(str(directory / f"optim_{k}.safetensors")) for k in ("exp_avg", "exp_avg_sq")}
+    for group in opt.param_groups:
+        for p in group["params"]:
+            name = names[id(p)]
+            if name not in state["adam_steps"]:
+                continue
+            opt.state[p] = {
+                "step": torch.tensor(state["adam_steps"][name]),
+                "exp_avg": moments["exp_avg"][name].to(p.device, p.dtype),
+                "exp_avg_sq": moments["exp_avg_sq"][name].to(p.device, p.dtype),
+            }
+    return int(state["step"]), list(state.get("history", []))
+
+
+def _dist_info() -> tuple[int, int]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    return rank, world
+
+
+def train(args: TrainArgs, *, model: CometModel | None = None, sample_fn: Callable | None = None,
+          log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run (or resume) training; returns a summary. Refuses to run on CPU unless ``args.smoke``."""
+    rank, world = _dist_info()
+    if world > 1 and not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    if torch.cuda.is_available():
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    elif args.smoke:
+        device = torch.device("cpu")
+    else:
+        raise RuntimeError("training needs a CUDA GPU; use --smoke for a tiny CPU run (tests)")
+    if model is None:
+        comet = CometConfig(**args.comet) if args.comet else CometConfig()
+        dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+        model = CometModel.from_pretrained(args.base or DEFAULT_BASE, config=comet, device=device, dtype=dtype)
+    model.to(device)
+    model.train()
+    groups = trainable_groups(model, args)
+    opt = torch.optim.AdamW(groups, lr=args.lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=args.weight_decay)
+    out_dir = Path(args.output_dir)
+    ckpt = out_dir / "checkpoint"
+    start, history = 0, []
+    if (ckpt / STATE_FILE).exists():
+        start, history = load_checkpoint(ckpt, model, opt)
+        log(f"resumed from {ckpt} at step {start}")
+    if start >= args.steps:
+        return {"step": start, "history": history}
+    if model.tokenizer is None and sample_fn is None:
+        raise ValueError("training needs a tokenizer (or an explicit sample_fn)")
+    if sample_fn is None:
+        source = SampleSource(args, model.tokenizer, model.config.chunk_size)
+        sample_fn = source.micro_batch
+    dataset = _MicroBatches(sample_fn, start, args.steps, args.grad_accum, rank, world)
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=None, shuffle=False,
+        num_workers=0 if args.smoke else args.num_workers,
+        prefetch_factor=None if args.smoke else 4,
+        persistent_workers=False,
+    )
+    params = [p for g in groups for p in g["params"]]
+    from tqdm import tqdm
+
+    bar = tqdm(total=args.steps, initial=start, disable=rank != 0, dynamic_ncols=True, mininterval=5)
+    t0, tokens, step = time.time(), 0, start
+    acc_loss, acc_n, micro_i = 0.0, 0, 0
+    deadline = t0 + 60 * args.max_minutes if args.max_minutes else None
+    for step_of_batch, examples in loader:
+        batches, weights = collate(examples, model)
+        out = model.forward_train(batches, loss_weights=weights, gradient_checkpointing=True)
+        if out["loss"] is not None:
+            (out["loss"] / args.grad_accum).backward()
+            acc_loss += float(out["loss"].detach())
+            acc_n += 1
+        tokens += sum(ex.num_tokens for ex in examples)
+        micro_i += 1
+        if micro_i < args.grad_accum:
+            continue
+        micro_i = 0
+        if world > 1:
+            for p in params:
+                if p.grad is None:
+                    p.grad = torch.zeros_like(p)
+                torch.distributed.all_reduce(p.grad)
+                p.grad /= world
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, args.grad_clip))
+        factor = lr_factor(step, args)
+        for g in opt.param_groups:
+            g["lr"] = g["base_lr"] * factor
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        loss = acc_loss / max(1, acc_n)
+        history.append({"step": step, "loss": loss, "grad_norm": grad_norm, "lr": args.lr * factor,
+                        "chunks": args.chunks_at(step) + 1})
+        acc_loss, acc_n = 0.0, 0
+        step += 1
+        elapsed = time.time() - t0
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tokens * world / max(elapsed, 1e-9):.0f}")
+        if rank == 0 and (step % args.log_every == 0 or step == args.steps):
+            log(json.dumps({"step": step, "loss": round(loss, 5), "grad_norm": round(grad_norm, 3),
+                            "tokens_per_s": round(tokens * world / elapsed), "elapsed_s": round(elapsed, 1)}))
+        stop = deadline is not None and time.time() > deadline
+        if world > 1:
+            flag = torch.tensor([float(stop)], device=device)
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+            stop = bool(flag.item())
+        if rank == 0 and (step % args.save_every == 0 or step == args.steps or stop):
+            save_checkpoint(ckpt, model, opt, step, args, history)
+        if stop:
+            log(f"time budget reached at step {step}")
+            break
+    bar.close()
+    model.eval()
+    model.invalidate_fingerprint()
+    return {"step": step, "history": history, "tokens": tokens * world, "seconds": time.time() - t0}
