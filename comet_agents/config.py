@@ -43,8 +43,8 @@ class CometConfig:
     global_memory: bool = True
     temporary_memory: bool = True
     gate: bool = True
-    lora_rank: int = 16
-    lora_alpha: int = 32
+    lora_rank: int = 8
+    lora_alpha: int = 16
     lora_targets: tuple[str, ...] = field(
         default=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
     )

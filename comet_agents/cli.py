@@ -1,0 +1,199 @@
+"""The ``comet-agents`` command: pass-key demo, model info, training, evaluation and benchmarks."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+app = typer.Typer(help="CoMeT memory for LLM agents: constant-size memory over a local transformer.",
+                  no_args_is_help=True, pretty_exceptions_enable=False)
+eval_app = typer.Typer(help="Evaluate a CoMeT adapter.", no_args_is_help=True)
+bench_app = typer.Typer(help="Benchmarks (speed and memory).", no_args_is_help=True)
+app.add_typer(eval_app, name="eval")
+app.add_typer(bench_app, name="bench")
+
+ModelOpt = Annotated[str, typer.Option("--model", "-m", help="'default', an adapter directory, or a base model.")]
+DeviceOpt = Annotated[Optional[str], typer.Option(help="cpu, cuda, cuda:1 ... (default: cuda if available).")]
+
+
+def _load(model: str, device: str | None, config_json: str | None = None):
+    import torch
+
+    from .config import CometConfig
+    from .engine import MemoryEngine
+    from .modeling import CometModel
+
+    cfg = CometConfig.from_dict(json.loads(config_json)) if config_json else None
+    m = CometModel.from_pretrained(model, config=cfg, device=device)
+    torch.set_grad_enabled(False)
+    return MemoryEngine(m)
+
+
+def _ints(text: str) -> list[int]:
+    out = []
+    for part in text.split(","):
+        part = part.strip().lower()
+        mult = 1
+        if part.endswith("k"):
+            mult, part = 1024, part[:-1]
+        elif part.endswith("m"):
+            mult, part = 1024 * 1024, part[:-1]
+        out.append(int(float(part) * mult))
+    return out
+
+
+@app.command()
+def info(model: ModelOpt = "default", device: DeviceOpt = None) -> None:
+    """Show the model, its CoMeT config and the size of one session's memory state."""
+    engine = _load(model, device)
+    typer.echo(json.dumps(engine.model.describe(), indent=2, default=str))
+
+
+@app.command()
+def passkey(
+    tokens: Annotated[int, typer.Option(help="Haystack length in tokens.")] = 2000,
+    depth: Annotated[float, typer.Option(help="Relative needle depth, 0 (start) to 1 (end).")] = 0.5,
+    key: Annotated[Optional[str], typer.Option(help="The pass key (default: random 5-digit number).")] = None,
+    filler: Annotated[str, typer.Option(help="Filler style.")] = "classic",
+    model: ModelOpt = "default",
+    device: DeviceOpt = None,
+) -> None:
+    """Hide a pass key in a long haystack, absorb it into memory, and ask for it."""
+    if tokens < 1:
+        raise typer.BadParameter("--tokens must be >= 1")
+    if not 0.0 <= depth <= 1.0:
+        raise typer.BadParameter("--depth must be between 0 and 1")
+    from tqdm import tqdm
+
+    from .evaluation import QUESTION, passkey_case
+
+    t_load = time.perf_counter()
+    engine = _load(model, device)
+    t_load = time.perf_counter() - t_load
+    key = key or str(random.Random().randrange(10000, 99999))
+    ids = passkey_case(engine, tokens, depth, key, filler=filler)
+    state = engine.new_state()
+    t0 = time.perf_counter()
+    with tqdm(total=len(ids), unit="tok", desc="absorbing", dynamic_ncols=True) as bar:
+        engine.absorb(state, ids, progress=bar.update)
+        bar.update(len(ids) - bar.n)
+    t_absorb = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    answer = engine.recall(state, QUESTION, max_new_tokens=16)
+    t_answer = time.perf_counter() - t0
+    typer.echo(f"pass key:      {key} (depth {depth:.0%} of {len(ids):,} tokens)")
+    typer.echo(f"answer:        {answer!r}  -> {'CORRECT' if key in answer else 'wrong'}")
+    typer.echo(f"model load:    {t_load:.1f} s")
+    typer.echo(f"absorb:        {t_absorb:.1f} s ({len(ids) / max(t_absorb, 1e-9):,.0f} tokens/s, "
+               f"{int(state.chunks)} chunks, {len(state.pending[0])} tokens pending)")
+    typer.echo(f"answer time:   {t_answer:.2f} s")
+    typer.echo(f"state size:    {state.nbytes() / 2**20:.2f} MiB (constant, whatever the stream length)")
+    typer.echo(f"device:        {engine.model.device} {str(engine.model.dtype).replace('torch.', '')}")
+
+
+@app.command()
+def train(
+    output_dir: Annotated[str, typer.Option(help="Run directory (checkpoint/ and final adapter go here).")],
+    base: Annotated[Optional[str], typer.Option(help="Base model (default: SmolLM2-135M-Instruct).")] = None,
+    steps: int = 1000,
+    lr: float = 2e-4,
+    warmup_steps: int = 20,
+    grad_accum: int = 1,
+    tokens_per_micro_batch: int = 32768,
+    curriculum: Annotated[str, typer.Option(help="until_step:chunks pairs, e.g. '200:2,500:4,1000000:8'.")] = "200:2,500:4,1000000000:8",
+    families: Annotated[str, typer.Option(help="family:weight pairs.")] = "passkey:1",
+    lm_weight: float = 0.0,
+    seed: int = 0,
+    save_every: int = 100,
+    log_every: int = 10,
+    max_minutes: Annotated[Optional[float], typer.Option(help="Stop (and checkpoint) after this long.")] = None,
+    num_workers: int = 4,
+    config_json: Annotated[Optional[str], typer.Option(help="CometConfig fields as JSON.")] = None,
+    smoke: Annotated[bool, typer.Option(help="Allow a tiny CPU run (tests).")] = False,
+) -> None:
+    """Train a CoMeT adapter on synthetic long-stream data (GPU; resumes from OUTPUT_DIR/checkpoint)."""
+    from .training.trainer import TrainArgs
+    from .training.trainer import train as run_train
+
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    args = TrainArgs(
+        output_dir=output_dir, base=base, steps=steps, lr=lr, warmup_steps=warmup_steps, grad_accum=grad_accum,
+        tokens_per_micro_batch=tokens_per_micro_batch,
+        curriculum=[(int(a), int(b)) for a, b in (p.split(":") for p in curriculum.split(","))],
+        families={a: float(b) for a, b in (p.split(":") for p in families.split(","))},
+        lm_weight=lm_weight, seed=seed, save_every=save_every, log_every=log_every, max_minutes=max_minutes,
+        num_workers=num_workers, smoke=smoke, comet=json.loads(config_json) if config_json else {},
+    )
+    result = run_train(args, log=typer.echo)
+    typer.echo(json.dumps({k: v for k, v in result.items() if k != "history"}, default=str))
+
+
+@eval_app.command("passkey")
+def eval_passkey(
+    lengths: Annotated[str, typer.Option(help="Comma-separated lengths; k and m suffixes allowed.")] = "1k,4k,16k",
+    depths: Annotated[int, typer.Option(help="Number of depths from 0% to 100%.")] = 11,
+    trials: int = 1,
+    seed: int = 0,
+    filler: str = "classic",
+    model: ModelOpt = "default",
+    device: DeviceOpt = None,
+    out: Annotated[Optional[str], typer.Option(help="Write rows (JSON), table (.md) and heat-map (.png) here.")] = None,
+) -> None:
+    """Pass-key retrieval grid: lengths x depths."""
+    from .evaluation import grid_heatmap, grid_markdown, passkey_grid
+
+    engine = _load(model, device)
+    depth_list = [i / (depths - 1) for i in range(depths)] if depths > 1 else [0.5]
+    t0 = time.perf_counter()
+    rows = passkey_grid(engine, _ints(lengths), depth_list, trials=trials, seed=seed, filler=filler, log=typer.echo)
+    table = grid_markdown(rows)
+    typer.echo(table)
+    typer.echo(f"{len(rows)} cases in {time.perf_counter() - t0:.0f} s on {engine.model.device}")
+    if out:
+        p = Path(out)
+        p.mkdir(parents=True, exist_ok=True)
+        (p / "passkey_rows.json").write_text(json.dumps(rows, indent=1))
+        (p / "passkey_table.md").write_text(table + "\n")
+        try:
+            grid_heatmap(rows, p / "passkey_heatmap.png")
+        except ImportError:
+            typer.echo("matplotlib is not installed: no heat-map written")
+
+
+@bench_app.command("absorb")
+def bench_absorb_cmd(
+    tokens: Annotated[str, typer.Option(help="Comma-separated stream lengths; k and m suffixes allowed.")] = "8k,64k",
+    model: ModelOpt = "default",
+    device: DeviceOpt = None,
+    out: Annotated[Optional[str], typer.Option(help="Write the results as JSON here.")] = None,
+) -> None:
+    """Absorb speed (text tokens/s) and peak memory against stream length."""
+    from .benchmarks import as_dicts, bench_absorb, results_table
+
+    engine = _load(model, device)
+    bench_absorb(engine, engine.config.chunk_size * 2)  # warm-up
+    results = [bench_absorb(engine, n) for n in _ints(tokens)]
+    typer.echo(results_table(results))
+    if out:
+        Path(out).write_text(json.dumps({"model": engine.model.describe(), "results": as_dicts(results)},
+                                        indent=1, default=str))
+
+
+@app.command()
+def demo() -> None:
+    """Run the demo (for now the pass-key demo; the Gradio app replaces it)."""
+    passkey(tokens=2000, depth=0.5, key=None, filler="classic", model="default", device=None)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,356 @@
+"""Pass-key retrieval: a key hidden at a relative depth inside a long filler, then "What is the pass key?".
+
+The key is a 5-7 digit number or, sometimes, an alphanumeric code such as ``K7-Q2M9``. The needle sentence states
+it (canonically "The pass key is 71432. Remember it. 71432 is the pass key."); depth 0 puts the needle first,
+depth 1 last, depth d after about d of the filler tokens. Filler styles (:data:`FILLER_STYLES`):
+
+- ``classic``: the repeated "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back
+  again." of the original pass-key test;
+- ``prose``: random sentences from word lists;
+- ``logs``: service log lines;
+- ``user_events``: rendered shopper events (see :mod:`.user_behaviour`);
+- ``agent_steps``: rendered agent thoughts, tool calls and observations (see :mod:`.agent_trajectory`);
+- ``chat``: rendered user / assistant chit-chat (see :mod:`.conversation`).
+
+The key occurs in the stream only inside the needle (filler is regenerated in the rare case it contains it).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import re
+from collections.abc import Iterator
+
+from comet_agents.events import ChatMessage, Event, TextEvent, render
+
+from . import agent_trajectory, conversation, user_behaviour, vocab
+from .common import QA, Sample, TokenCounter, approx_tokens, check_target, make_rng
+
+__all__ = [
+    "FAMILY",
+    "FILLER_STYLES",
+    "CLASSIC_FILLER",
+    "CANONICAL_NEEDLE",
+    "NEEDLE_TEMPLATES",
+    "QUESTIONS",
+    "make_key",
+    "make_passkey_haystack",
+    "generate",
+]
+
+FAMILY = "passkey"
+FILLER_STYLES = ("classic", "prose", "logs", "user_events", "agent_steps", "chat")
+CLASSIC_FILLER = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again."
+CANONICAL_NEEDLE = "The pass key is {key}. Remember it. {key} is the pass key."
+NEEDLE_TEMPLATES = (
+    CANONICAL_NEEDLE,
+    "Important: the pass key is {key}. Keep it in mind: {key}.",
+    "Here is the pass key you will need later: {key}. Once more, the pass key is {key}.",
+    "Note this down. The secret pass key is {key}. I repeat: {key}.",
+    "Pass key: {key}. Do not forget it. The pass key is {key}.",
+    "Remember this pass key: {key}. The pass key is {key}.",
+    "The pass key for today is {key}. Remember {key}.",
+    "Attention! The pass key is {key}. It is {key}.",
+    "Keep this safe - the pass key is {key}. Again: {key} is the pass key.",
+)
+QUESTIONS = (
+    "What is the pass key?",
+    "What was the pass key mentioned in the text?",
+    "Which pass key did the text ask you to remember?",
+    "Tell me the pass key.",
+    "What is the pass key hidden in the text?",
+    "Recall the pass key.",
+    "What pass key was given?",
+    "There was a pass key somewhere in the text. What was it?",
+    "What is the secret pass key?",
+    "Please repeat the pass key exactly.",
+    "What number or code was the pass key?",
+    "What is the pass key? The pass key is",
+)
+_STYLE_WEIGHTS = {"classic": 0.15, "prose": 0.3, "logs": 0.15, "user_events": 0.15, "agent_steps": 0.15, "chat": 0.1}
+_LETTERS = "ABCDEFGHJKLMNPQRSTUVWXYZ"  # no I / O
+_DIGITS = "23456789"  # no 0 / 1
+_CODE_PATTERNS = ("LD-LDLD", "LL-DDDD", "DLL-DLD", "LLLDD", "LDLD-DL")
+
+
+def make_key(rng: random.Random) -> str:
+    """A 5-7 digit number (70%) or a short alphanumeric code like ``K7-Q2M9`` (30%)."""
+    if rng.random() < 0.7:
+        n = rng.randint(5, 7)
+        return str(rng.randint(10 ** (n - 1), 10**n - 1))
+    pattern = rng.choice(_CODE_PATTERNS)
+    return "".join(rng.choice(_LETTERS) if c == "L" else rng.choice(_DIGITS) if c == "D" else c for c in pattern)
+
+
+# ----------------------------------------------------------------------------------------------- filler units
+
+_PROSE = (
+    "The {adj} {noun} {verb} {place}.",
+    "{time}, the {noun} {verb} {adv}.",
+    "A {adj} {noun} {verb} near the {adj2} {noun2}.",
+    "{name} {verb} {place} with a {adj} {noun}.",
+    "Nobody knew why the {noun} was so {adj}.",
+    "{name} said that the {noun} {verb} {adv} {place}.",
+    "It was a {adj} day, and the {noun} {verb} {place}.",
+    "There was once a {adj} {noun} that {verb} every morning.",
+    "The {noun} and the {noun2} were {adj} and {adj2}.",
+    "{time}, {name} {verb} the {noun} and {verb2} the {noun2}.",
+    "Some say the {noun} {verb} {place} long before anyone remembers.",
+    "{name} {verb} {adv}, thinking about the {adj} {noun}.",
+    "If the {noun} is {adj}, the {noun2} will be {adj2}.",
+    "The old {noun} {verb} {place} once more.",
+    "In the {adj} light, the {noun} looked almost {adj2}.",
+    "Every {noun} has a story, and this one was {adj}.",
+    "{name} and {name2} {verb} {place}.",
+    "The smell of {food} drifted {place}.",
+    "Far away, a {noun} {verb} {adv}.",
+    "Then the {noun} {verb}, and everything was {adj} again.",
+    "{name} kept a {adj} {noun} in a {adj2} box.",
+    "No one {verb} the {noun} {place} that year.",
+)
+
+
+def _prose_sentence(rng: random.Random) -> str:
+    s = rng.choice(_PROSE).format(
+        adj=rng.choice(vocab.ADJECTIVES), adj2=rng.choice(vocab.ADJECTIVES), noun=rng.choice(vocab.NOUNS),
+        noun2=rng.choice(vocab.NOUNS), verb=rng.choice(vocab.VERBS_PAST), verb2=rng.choice(vocab.VERBS_PAST),
+        adv=rng.choice(vocab.ADVERBS), place=rng.choice(vocab.PLACES), time=rng.choice(vocab.TIME_PHRASES),
+        name=rng.choice(vocab.FIRST_NAMES), name2=rng.choice(vocab.FIRST_NAMES), food=rng.choice(vocab.FOODS),
+    )
+    s = _AN.sub(r"\1n ", s)
+    return s[0].upper() + s[1:]
+
+
+_AN = re.compile(r"\b([Aa]) (?=[aeiouAEIOU])")
+
+
+def _log_lines(rng: random.Random) -> Iterator[str]:
+    t = rng.randrange(0, 365 * 86400)
+    while True:
+        t += rng.randint(0, 3000) // rng.choice((1, 10, 100))
+        d, rem = divmod(t, 86400)
+        stamp = (f"2025-{1 + d // 31 % 12:02d}-{1 + d % 28:02d}T"
+                 f"{rem // 3600:02d}:{rem // 60 % 60:02d}:{rem % 60:02d}.{rng.randint(0, 999):03d}Z")
+        level = rng.choices(("INFO", "DEBUG", "WARN", "ERROR"), weights=(12, 5, 2, 1), k=1)[0]
+        service = rng.choice(vocab.SERVICES)
+        if rng.random() < 0.35:
+            msg = (f"{rng.choice(('GET', 'GET', 'POST', 'PUT', 'DELETE'))} {rng.choice(vocab.HTTP_PATHS)} "
+                   f"{rng.choice((200, 200, 200, 201, 204, 301, 400, 401, 404, 500))} {rng.randint(1, 900)}ms")
+        else:
+            msg = rng.choice(vocab.LOG_MESSAGES).format(
+                word=rng.choice(vocab.NOUNS), n=rng.randint(1, 99999), m=rng.randint(1, 64), ms=rng.randint(1, 4000),
+                hex="".join(rng.choice("0123456789abcdef") for _ in range(8)),
+            )
+        yield f"{stamp} {level:<5} [{service}] {msg}"
+
+
+def _units(style: str, rng: random.Random, target_tokens: int) -> tuple[Iterator[str], str | None]:
+    """(unit source, joiner): with a joiner, units are raw sentences / lines grouped into TextEvents;
+    without, each unit is an already rendered event."""
+    if style == "classic":
+        def classic() -> Iterator[str]:
+            while True:
+                yield CLASSIC_FILLER
+        return classic(), " "
+    if style == "prose":
+        def prose() -> Iterator[str]:
+            while True:
+                yield _prose_sentence(rng)
+        return prose(), " "
+    if style == "logs":
+        return _log_lines(rng), "\n"
+    events: Iterator[Event]
+    if style == "user_events":
+        events = user_behaviour.iter_filler_events(rng)
+    elif style == "agent_steps":
+        events = agent_trajectory.iter_filler_events(rng, max_obs_chars=max(120, min(1200, target_tokens * 4 // 25)))
+    elif style == "chat":
+        events = conversation.iter_chitchat(rng, max_sentences=3 if target_tokens < 2000 else 5)
+    else:
+        raise ValueError(f"unknown filler style {style!r} (known: {', '.join(FILLER_STYLES)})")
+    return (render(e) for e in events), None
+
+
+def _group_sizes(seed: int, joiner: str) -> Iterator[int]:
+    rng = random.Random(seed)
+    lo, hi = (5, 20) if joiner == "\n" else (3, 9)
+    while True:
+        yield rng.randint(lo, hi)
+
+
+def _assemble(units: list[str], k: int, needle_units: tuple[str, str], joiner: str | None, group_seed: int) -> str:
+    """Filler units with the needle inserted before unit ``k``, rendered."""
+    raw_needle, rendered_needle = needle_units
+    if joiner is None:
+        return "".join(units[:k]) + rendered_needle + "".join(units[k:])
+    seq = units[:k] + [raw_needle] + units[k:]
+    out: list[str] = []
+    sizes = _group_sizes(group_seed, joiner)
+    i = 0
+    while i < len(seq):
+        n = next(sizes)
+        out.append(render(TextEvent(joiner.join(seq[i : i + n]))))
+        i += n
+    return "".join(out)
+
+
+def _insert_index(unit_tokens: list[int], depth: float) -> int:
+    """Index k such that the units before k hold about ``depth`` of the filler tokens."""
+    if depth <= 0.0 or not unit_tokens:
+        return 0
+    if depth >= 1.0:
+        return len(unit_tokens)
+    total = sum(unit_tokens)
+    goal = depth * total
+    acc = 0
+    best_k, best_err = 0, goal
+    for k, t in enumerate(unit_tokens, start=1):
+        acc += t
+        err = abs(acc - goal)
+        if err < best_err:
+            best_k, best_err = k, err
+        elif acc > goal:
+            break
+    return best_k
+
+
+def _haystack(
+    rng: random.Random,
+    target_tokens: int,
+    depth: float,
+    needle: str,
+    style: str,
+    count_tokens: TokenCounter,
+    needle_role: str | None = None,
+) -> str:
+    source, joiner = _units(style, rng, target_tokens)
+    group_seed = rng.getrandbits(64)
+    rendered_needle = render(ChatMessage(needle_role, needle)) if needle_role else render(TextEvent(needle))
+    needle_tokens = count_tokens(rendered_needle)
+    sep = joiner or ""
+    units: list[str] = []
+    unit_tokens: list[int] = []
+
+    def text_for(n: int) -> str:
+        k = _insert_index(unit_tokens[:n], depth)
+        return _assemble(units[:n], k, (needle, rendered_needle), joiner, group_seed)
+
+    # Draw units until the whole text reaches the target ...
+    goal = target_tokens - needle_tokens
+    estimate = 0
+    for _ in range(32):
+        while estimate < goal:
+            unit = next(source)
+            units.append(unit)
+            unit_tokens.append(count_tokens(unit + sep))
+            estimate += unit_tokens[-1]
+        real = count_tokens(text_for(len(units)))
+        if real >= target_tokens:
+            break
+        goal += target_tokens - real
+    # ... then keep the fewest units that still reach it (summed unit counts are only an estimate).
+    lo, hi = 0, len(units)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if count_tokens(text_for(mid)) >= target_tokens:
+            hi = mid
+        else:
+            lo = mid + 1
+    return text_for(hi)
+
+
+def _check_args(target_tokens: int, depth: float, key: str, filler: str) -> None:
+    check_target(target_tokens)
+    is_number = isinstance(depth, (int, float)) and not isinstance(depth, bool)
+    if not is_number or not math.isfinite(depth) or not 0 <= depth <= 1:
+        raise ValueError(f"depth must be a number in [0, 1], got {depth!r}")
+    if not isinstance(key, str) or not key.strip() or "\n" in key or "\r" in key:
+        raise ValueError(f"key must be a non-empty single-line string, got {key!r}")
+    if filler not in FILLER_STYLES:
+        raise ValueError(f"unknown filler style {filler!r} (known: {', '.join(FILLER_STYLES)})")
+
+
+def _build(
+    rng: random.Random,
+    target_tokens: int,
+    depth: float,
+    key: str,
+    needle: str,
+    filler: str,
+    count_tokens: TokenCounter,
+    needle_role: str | None = None,
+) -> str:
+    expected = needle.count(key)
+    text = ""
+    for _ in range(10):  # regenerate the filler in the rare case it contains the key
+        text = _haystack(random.Random(rng.getrandbits(64)), target_tokens, depth, needle, filler, count_tokens,
+                         needle_role)
+        if text.count(key) == expected:
+            return text
+    raise ValueError(f"could not build a filler without the key {key!r}; choose a less common key")
+
+
+def make_passkey_haystack(
+    target_tokens: int,
+    depth: float,
+    key: str,
+    filler: str = "classic",
+    count_tokens: TokenCounter = approx_tokens,
+    seed: int = 0,
+    *,
+    needle: str | None = None,
+) -> str:
+    """A filler text of about ``target_tokens`` tokens with the pass-key needle at relative ``depth``.
+
+    The needle is :data:`CANONICAL_NEEDLE` ("The pass key is {key}. Remember it. {key} is the pass key.") unless
+    ``needle`` (a template with ``{key}``, or a literal sentence containing the key) is given. ``depth`` 0 makes the
+    needle the first thing in the text, 1 the last. ``seed`` only drives the filler's randomness.
+    """
+    _check_args(target_tokens, depth, key, filler)
+    sentence = (needle or CANONICAL_NEEDLE).replace("{key}", key)
+    if key not in sentence:
+        raise ValueError(f"needle {sentence!r} does not contain the key {key!r}")
+    rng = make_rng(seed, f"{FAMILY}-haystack")
+    return _build(rng, target_tokens, float(depth), key, sentence, filler, count_tokens)
+
+
+def generate(
+    seed: int,
+    target_tokens: int,
+    count_tokens: TokenCounter = approx_tokens,
+    *,
+    depth: float | None = None,
+    filler: str | None = None,
+) -> Sample:
+    """A pass-key sample; ``depth`` and ``filler`` are drawn from ``seed`` unless given."""
+    check_target(target_tokens)
+    rng = make_rng(seed, FAMILY)
+    key = make_key(rng)
+    if depth is None:
+        r = rng.random()
+        depth = 0.0 if r < 0.08 else 1.0 if r < 0.16 else round(rng.random(), 3)
+    if filler is None:
+        styles = sorted(_STYLE_WEIGHTS)
+        filler = rng.choices(styles, weights=[_STYLE_WEIGHTS[s] for s in styles], k=1)[0]
+    _check_args(target_tokens, depth, key, filler)
+    template_index = rng.randrange(len(NEEDLE_TEMPLATES))
+    needle = NEEDLE_TEMPLATES[template_index].format(key=key)
+    role = "user" if filler in ("chat", "user_events", "agent_steps") and rng.random() < 0.4 else None
+    stream = _build(rng, target_tokens, float(depth), key, needle, filler, count_tokens, role)
+    question = rng.choice(QUESTIONS)
+    offset = stream.index(needle)
+    meta = {
+        "seed": seed,
+        "target_tokens": target_tokens,
+        "tokens": count_tokens(stream),
+        "key": key,
+        "depth": depth,
+        "filler": filler,
+        "needle": needle,
+        "needle_template": template_index,
+        "needle_role": role,
+        "needle_char_offset": offset,
+        "qa_kinds": ["passkey"],
+    }
+    return Sample(FAMILY, stream, [QA(question, key)], meta)
