@@ -77,15 +77,15 @@ def tiny_dir(tmp_path: Path, tiny_model: LlamaForCausalLM) -> Path:
     return directory
 
 
+def miss_hub(name: str, attn_implementation: str, tried: list[str]) -> None:
+    """Stands in for ``_try_hub``: the default id misses the HF cache and the Hub on any machine, so the GGUF runs."""
+    tried.append("not in the Hugging Face cache (patched)")
+    return None
+
+
 @pytest.fixture
 def no_hub(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Make the default id miss the Hugging Face cache and the Hub on any machine, so the GGUF fallback runs."""
-
-    def missing(name: str, attn_implementation: str, tried: list[str]) -> None:
-        tried.append("not in the Hugging Face cache (patched)")
-        return None
-
-    monkeypatch.setattr(base_models, "_try_hub", missing)
+    monkeypatch.setattr(base_models, "_try_hub", miss_hub)
 
 
 def test_fingerprint_is_short_hex_and_survives_save_and_reload(tiny_model, tiny_dir):
@@ -265,7 +265,7 @@ def default_bases(tmp_path_factory):
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("COMET_AGENTS_CACHE", str(cache))
         patch.setenv("HF_HUB_OFFLINE", "1")
-        patch.setattr(base_models, "_try_hub", lambda name, attn, tried: tried.append("patched") or None)
+        patch.setattr(base_models, "_try_hub", miss_hub)
         cache_entry = base_models.gguf_cache_dir(base_models.default_gguf_path())
         started = time.perf_counter()
         converted = load_base()
