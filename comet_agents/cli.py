@@ -23,16 +23,12 @@ DeviceOpt = Annotated[Optional[str], typer.Option(help="cpu, cuda, cuda:1 ... (d
 
 
 def _load(model: str, device: str | None, config_json: str | None = None):
-    import torch
-
     from .config import CometConfig
     from .engine import MemoryEngine
     from .modeling import CometModel
 
     cfg = CometConfig.from_dict(json.loads(config_json)) if config_json else None
-    m = CometModel.from_pretrained(model, config=cfg, device=device)
-    torch.set_grad_enabled(False)
-    return MemoryEngine(m)
+    return MemoryEngine(CometModel.from_pretrained(model, config=cfg, device=device).eval())
 
 
 def _ints(text: str) -> list[int]:
@@ -114,6 +110,7 @@ def train(
     log_every: int = 10,
     max_minutes: Annotated[Optional[float], typer.Option(help="Stop (and checkpoint) after this long.")] = None,
     num_workers: int = 4,
+    gradient_checkpointing: Annotated[bool, typer.Option(help="Recompute activations in backward.")] = True,
     config_json: Annotated[Optional[str], typer.Option(help="CometConfig fields as JSON.")] = None,
     smoke: Annotated[bool, typer.Option(help="Allow a tiny CPU run (tests).")] = False,
 ) -> None:
@@ -128,7 +125,7 @@ def train(
         curriculum=[(int(a), int(b)) for a, b in (p.split(":") for p in curriculum.split(","))],
         families={a: float(b) for a, b in (p.split(":") for p in families.split(","))},
         lm_weight=lm_weight, seed=seed, save_every=save_every, log_every=log_every, max_minutes=max_minutes,
-        num_workers=num_workers, smoke=smoke, comet=json.loads(config_json) if config_json else {},
+        num_workers=num_workers, gradient_checkpointing=gradient_checkpointing, smoke=smoke, comet=json.loads(config_json) if config_json else {},
     )
     result = run_train(args, log=typer.echo)
     typer.echo(json.dumps({k: v for k, v in result.items() if k != "history"}, default=str))

@@ -404,8 +404,9 @@ class CometModel(nn.Module):
         (see :func:`comet_agents.layout.layout_labels`). The loss is the weighted mean cross-entropy over
         labelled positions (weights default to 1), computed chunk by chunk so full logits never exist at once.
 
-        Returns ``loss`` (None if nothing is labelled), ``num_labelled``, the final ``state`` tensors, and
-        ``logits`` (list per chunk) when ``return_logits``.
+        Returns ``loss`` (None if nothing is labelled), ``num_labelled``, ``sample_loss`` (each sequence's
+        weighted mean, detached, for logging), the final state tensors, and ``logits`` (list per chunk) when
+        ``return_logits``.
         """
         cfg = self.config
         chunks = [c.to(self.device) for c in chunks]
@@ -433,27 +434,28 @@ class CometModel(nn.Module):
             final_Q.append(Q)
 
         out: dict[str, Any] = {"loss": None, "num_labelled": 0}
-        total, weight_sum = None, None
+        sample_loss = torch.zeros(bsz, device=self.device)
+        sample_weight = torch.zeros(bsz, device=self.device)
         logits_out = []
         for c, batch in enumerate(chunks):
             if return_logits:
                 logits_out.append(self.logits(hidden[c]))
             if batch.labels is None:
                 continue
-            w = loss_weights[c].to(self.device) if loss_weights is not None else None
             sel = batch.labels != IGNORE_INDEX
             if not bool(sel.any()):
                 continue
-            fn = self._chunk_loss
+            w = loss_weights[c].to(self.device) if loss_weights is not None else sel.float()
             if gradient_checkpointing and torch.is_grad_enabled():
-                loss_sum, wsum = checkpoint(fn, hidden[c], batch.labels, w, use_reentrant=False)
+                row_loss, row_weight = checkpoint(self._chunk_loss, hidden[c], batch.labels, w, use_reentrant=False)
             else:
-                loss_sum, wsum = fn(hidden[c], batch.labels, w)
-            total = loss_sum if total is None else total + loss_sum
-            weight_sum = wsum if weight_sum is None else weight_sum + wsum
+                row_loss, row_weight = self._chunk_loss(hidden[c], batch.labels, w)
+            sample_loss = sample_loss + row_loss
+            sample_weight = sample_weight + row_weight
             out["num_labelled"] += int(sel.sum())
-        if total is not None:
-            out["loss"] = total / weight_sum.clamp(min=1e-8)
+        if out["num_labelled"]:
+            out["loss"] = sample_loss.sum() / sample_weight.sum().clamp(min=1e-8)
+        out["sample_loss"] = (sample_loss / sample_weight.clamp(min=1e-8)).detach()
         out["global_state"] = torch.stack(final_S) if cfg.m else None
         out["fifo"] = torch.stack(final_Q) if cfg.fifo else None
         out["has_global"], out["fifo_len"] = self._next_counters(chunks[-1], *flags[-1])
@@ -462,13 +464,16 @@ class CometModel(nn.Module):
         return out
 
     def _chunk_loss(
-        self, hidden: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor | None
+        self, hidden: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-sample weighted cross-entropy sums over labelled positions, and the per-sample weight sums."""
         sel = labels != IGNORE_INDEX
         logits = self.logits(hidden[sel]).float()
         ce = nn.functional.cross_entropy(logits, labels[sel], reduction="none")
-        w = weights[sel].float() if weights is not None else torch.ones_like(ce)
-        return (ce * w).sum(), w.sum()
+        w = weights[sel].float()
+        rows = sel.nonzero()[:, 0]
+        zeros = torch.zeros(labels.shape[0], device=hidden.device)
+        return zeros.index_add(0, rows, ce * w), zeros.index_add(0, rows, w)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """LM-head logits over the base vocabulary, added tokens masked out."""

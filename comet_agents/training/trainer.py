@@ -56,6 +56,7 @@ class TrainArgs:
     log_every: int = 10
     max_minutes: float | None = None
     num_workers: int = 4
+    gradient_checkpointing: bool = True
     smoke: bool = False
     comet: dict[str, Any] = field(default_factory=dict)
 
@@ -249,10 +250,13 @@ def train(args: TrainArgs, *, model: CometModel | None = None, sample_fn: Callab
     bar = tqdm(total=args.steps, initial=start, disable=rank != 0, dynamic_ncols=True, mininterval=5)
     t0, tokens, step = time.time(), 0, start
     acc_loss, acc_n, micro_i = 0.0, 0, 0
+    fam_loss: dict[str, list[float]] = {}
     deadline = t0 + 60 * args.max_minutes if args.max_minutes else None
     for step_of_batch, examples in loader:
         batches, weights = collate(examples, model)
-        out = model.forward_train(batches, loss_weights=weights, gradient_checkpointing=True)
+        out = model.forward_train(batches, loss_weights=weights, gradient_checkpointing=args.gradient_checkpointing)
+        for ex, sample_loss in zip(examples, out["sample_loss"].tolist()):
+            fam_loss.setdefault(ex.family, []).append(sample_loss)
         if out["loss"] is not None:
             (out["loss"] / args.grad_accum).backward()
             acc_loss += float(out["loss"].detach())
@@ -283,8 +287,12 @@ def train(args: TrainArgs, *, model: CometModel | None = None, sample_fn: Callab
         bar.update(1)
         bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tokens * world / max(elapsed, 1e-9):.0f}")
         if rank == 0 and (step % args.log_every == 0 or step == args.steps):
+            per_family = {k: round(sum(v) / len(v), 4) for k, v in sorted(fam_loss.items())}
+            fam_loss = {}
+            history[-1]["families"] = per_family
             log(json.dumps({"step": step, "loss": round(loss, 5), "grad_norm": round(grad_norm, 3),
-                            "tokens_per_s": round(tokens * world / elapsed), "elapsed_s": round(elapsed, 1)}))
+                            "tokens_per_s": round(tokens * world / elapsed), "elapsed_s": round(elapsed, 1),
+                            "family_loss": per_family}))
         stop = deadline is not None and time.time() > deadline
         if world > 1:
             flag = torch.tensor([float(stop)], device=device)

@@ -1,0 +1,43 @@
+"""The command line end to end on the real SmolLM2 base (offline GGUF fallback), CPU."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+from typer.testing import CliRunner
+
+from comet_agents.cli import app
+
+runner = CliRunner()
+
+
+@pytest.mark.slow
+def test_passkey_runs_end_to_end_on_the_real_base() -> None:
+    result = runner.invoke(app, ["passkey", "--tokens", "2000", "--depth", "0.3", "--key", "48213", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    out = result.output
+    assert "pass key:      48213" in out
+    assert re.search(r"answer:\s+'.*'", out)
+    m = re.search(r"absorb:.* (\d+) chunks, (\d+) tokens pending", out)
+    assert m and int(m.group(1)) == 1 and int(m.group(2)) > 0  # ~2000 tokens: one chunk of 1024 + a tail
+    assert re.search(r"state size:\s+\d+\.\d+ MiB", out)
+
+
+@pytest.mark.slow
+def test_info_reports_model_and_state_size() -> None:
+    result = runner.invoke(app, ["info", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    info = json.loads(result.output[result.output.index("{"):])
+    assert info["base"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert info["layers"] == 30 and info["hidden_size"] == 576
+    assert info["memory_parameters"] == 36 * 576 * 30  # 36 d per layer
+    assert info["state_bytes_per_session"] > 0
+
+
+def test_bad_arguments_are_refused() -> None:
+    result = runner.invoke(app, ["passkey", "--tokens", "0"])
+    assert result.exit_code != 0 and "--tokens must be >= 1" in result.output
+    result = runner.invoke(app, ["passkey", "--depth", "1.5"])
+    assert result.exit_code != 0 and "--depth must be between 0 and 1" in result.output

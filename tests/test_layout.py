@@ -1,0 +1,135 @@
+"""Property tests of the pure layout functions."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from comet_agents.layout import (
+    IGNORE_INDEX,
+    SpecialIds,
+    build_chunk_layout,
+    causal_mask,
+    compression_after,
+    decode_mask,
+    layout_labels,
+    pad_layouts,
+    sequence_layouts,
+    shift_labels,
+    split_into_chunks,
+)
+
+IDS = SpecialIds.contiguous(1000, 4, pad=1)
+texts = st.lists(st.integers(2, 999), min_size=1, max_size=60)
+
+
+@settings(max_examples=200, deadline=None)
+@given(text=texts, g=st.sampled_from([0, 4]), q=st.integers(0, 9), s=st.integers(0, 9), closed=st.booleans())
+def test_chunk_layout_structure(text, g, q, s, closed) -> None:
+    r = g if closed else 0
+    lay = build_chunk_layout(text, num_global=g, num_temp=q, stride=s, num_readouts=r, closed=closed, ids=IDS)
+    n = len(text)
+    if s == 0:
+        n_comp = 0
+    elif closed:
+        n_comp = math.ceil(n / s)
+    else:
+        n_comp = (n - 1) // s  # complete groups followed by more text
+    assert len(lay.compression_index) == n_comp
+    assert len(lay) == g + q + n + n_comp + r
+    assert lay.input_ids[: g + q] == (IDS.memory,) * (g + q)
+    assert [lay.input_ids[i] for i in lay.text_index] == text  # text order preserved
+    assert all(lay.input_ids[i] == IDS.compression for i in lay.compression_index)
+    assert [lay.input_ids[i] for i in lay.readout_index] == [IDS.first_readout + i for i in range(r)]
+    assert lay.readout_index == tuple(range(len(lay) - r, len(lay)))  # readouts at the very end
+    assert lay.position_ids == tuple(range(len(lay)))
+    # every compression token directly follows the last text token of its group
+    for k, pos in enumerate(lay.compression_index):
+        before = lay.text_index.index(pos - 1)
+        assert (before + 1) % s == 0 or (closed and before == n - 1)
+        assert before + 1 == min(n, (k + 1) * s)
+
+
+@given(n=st.integers(1, 100), s=st.integers(1, 10))
+def test_open_chunk_grows_into_the_closed_layout(n, s) -> None:
+    """Appending text to an open chunk never moves what is already laid out (decoding relies on it)."""
+    short = compression_after(n, s, closed=False)
+    longer = compression_after(n + 1, s, closed=False)
+    assert longer[: n - 1] == short[: n - 1]
+    assert longer[n - 1] == (n % s == 0)
+
+
+@given(ids=st.lists(st.integers(0, 50), min_size=1, max_size=40), data=st.data())
+def test_shift_labels_before_insertion(ids, data) -> None:
+    sup = data.draw(st.lists(st.booleans(), min_size=len(ids), max_size=len(ids)))
+    labels = shift_labels(ids, sup)
+    for t in range(len(ids)):
+        expect = ids[t + 1] if t + 1 < len(ids) and sup[t + 1] else IGNORE_INDEX
+        assert labels[t] == expect
+    lay = build_chunk_layout(ids, num_global=4, num_temp=2, stride=3, num_readouts=4, closed=True, ids=IDS)
+    spread = layout_labels(lay, labels)
+    assert [spread[i] for i in lay.text_index] == labels
+    others = set(range(len(lay))) - set(lay.text_index)
+    assert all(spread[i] == IGNORE_INDEX for i in others)
+
+
+@given(lengths=st.lists(st.integers(1, 12), min_size=1, max_size=4))
+def test_causal_mask_is_per_chunk_and_masks_padding(lengths) -> None:
+    total = max(lengths)
+    mask = causal_mask(torch.tensor(lengths), total)
+    assert mask.shape == (len(lengths), 1, total, total)
+    for b, n in enumerate(lengths):
+        m = mask[b, 0]
+        assert bool(m.any(-1).all())  # no empty row
+        for i in range(total):
+            for j in range(total):
+                assert bool(m[i, j]) == (j <= i and j < n)
+
+
+def test_decode_mask_sees_real_cache_and_causal_new_tokens() -> None:
+    mask = decode_mask(torch.tensor([3, 5]), 5, 2)[:, 0]
+    assert mask.shape == (2, 2, 7)
+    assert mask[0, 0].tolist() == [True, True, True, False, False, True, False]
+    assert mask[0, 1].tolist() == [True, True, True, False, False, True, True]
+    assert mask[1, 0].tolist() == [True] * 5 + [True, False]
+
+
+@settings(max_examples=100, deadline=None)
+@given(data=st.data())
+def test_padding_recovers_each_layout(data) -> None:
+    n = data.draw(st.integers(1, 4))
+    layouts = []
+    for _ in range(n):
+        text = data.draw(texts)
+        q = data.draw(st.integers(0, 6))
+        g = data.draw(st.sampled_from([0, 4]))
+        layouts.append(build_chunk_layout(text, num_global=g, num_temp=q, stride=3, num_readouts=4, closed=True,
+                                          ids=IDS))
+    batch = pad_layouts(layouts, IDS.pad)
+    for b, lay in enumerate(layouts):
+        L = len(lay)
+        assert batch.input_ids[b, :L].tolist() == list(lay.input_ids)
+        assert (batch.input_ids[b, L:] == IDS.pad).all()
+        assert batch.position_ids[b, :L].tolist() == list(range(L))
+        assert (batch.position_ids[b, L:] == L).all()  # pads consume no new position
+        assert batch.temp_index[b][batch.temp_valid[b]].tolist() == list(range(lay.num_global, lay.num_global + lay.num_temp))
+        assert batch.compression_index[b][batch.compression_valid[b]].tolist() == list(lay.compression_index)
+        assert batch.text_index[b][batch.text_valid[b]].tolist() == list(lay.text_index)
+        assert batch.readout_index[b].tolist() == list(lay.readout_index)
+        assert bool(batch.has_global[b]) == (lay.num_global > 0)
+
+
+@given(n=st.integers(1, 200), C=st.integers(1, 50))
+def test_sequence_plan_tracks_fifo_fill(n, C) -> None:
+    chunks = split_into_chunks(list(range(2, n + 2)), C)
+    assert sum(chunks, []) == list(range(2, n + 2))
+    lays = sequence_layouts(chunks, num_global=4, fifo_budget=7, stride=3, ids=IDS, last_open=True)
+    entries = 0
+    for c, lay in enumerate(lays):
+        assert lay.num_global == (4 if c > 0 else 0)  # first-chunk rule
+        assert lay.num_temp == min(7, entries)
+        entries += len(lay.compression_index)
+    assert lays[-1].readout_index == ()  # the open chunk has no readouts
