@@ -211,9 +211,14 @@ class LayoutBatch:
     text_index: torch.Tensor  # (B, Tmax)
     text_valid: torch.Tensor  # (B, Tmax)
     labels: torch.Tensor | None = None  # (B, T) when built with labels
+    # Host-side summaries, so the forward pass never waits on the device to branch.
+    any_global: bool = False
+    any_readouts: bool = False
+    num_labelled: int = 0
 
     def to(self, device: torch.device | str) -> "LayoutBatch":
-        moved = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in self.__dict__.items()}
+        moved = {k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v)
+                 for k, v in self.__dict__.items()}
         return LayoutBatch(**moved)
 
 
@@ -272,6 +277,9 @@ def pad_layouts(
         text_index=text_index,
         text_valid=text_valid,
         labels=label_t,
+        any_global=any(lay.num_global > 0 for lay in layouts),
+        any_readouts=any(len(lay.readout_index) > 0 for lay in layouts),
+        num_labelled=int((label_t != IGNORE_INDEX).sum()) if label_t is not None else 0,
     )
 
 

@@ -324,7 +324,7 @@ class CometModel(nn.Module):
         mem = self.memory[layer]
         x = hidden
         m = self.config.m
-        if mem.global_net is not None and S is not None and bool(batch.has_global.any()):
+        if mem.global_net is not None and S is not None and batch.any_global:
             injected = mem.global_net.adapter(S).to(x.dtype)
             head = torch.where(batch.has_global[:, None, None], injected, x[:, :m])
             x = torch.cat([head, x[:, m:]], dim=1)
@@ -341,7 +341,7 @@ class CometModel(nn.Module):
             y = y[0]
 
         new_S = S
-        if mem.global_net is not None and S is not None and bool(batch.has_readouts.any()):
+        if mem.global_net is not None and S is not None and batch.any_readouts:
             cand = mem.global_net.norm(_gather_rows(y, batch.readout_index).float())
             if self.config.gate:
                 g = torch.sigmoid(mem.global_net.gate(torch.cat([cand, S], dim=-1)))
@@ -442,17 +442,17 @@ class CometModel(nn.Module):
                 logits_out.append(self.logits(hidden[c]))
             if batch.labels is None:
                 continue
-            sel = batch.labels != IGNORE_INDEX
-            if not bool(sel.any()):
+            if not batch.num_labelled:
                 continue
-            w = loss_weights[c].to(self.device) if loss_weights is not None else sel.float()
+            w = (loss_weights[c].to(self.device) if loss_weights is not None
+                 else (batch.labels != IGNORE_INDEX).float())
             if gradient_checkpointing and torch.is_grad_enabled():
                 row_loss, row_weight = checkpoint(self._chunk_loss, hidden[c], batch.labels, w, use_reentrant=False)
             else:
                 row_loss, row_weight = self._chunk_loss(hidden[c], batch.labels, w)
             sample_loss = sample_loss + row_loss
             sample_weight = sample_weight + row_weight
-            out["num_labelled"] += int(sel.sum())
+            out["num_labelled"] += batch.num_labelled
         if out["num_labelled"]:
             out["loss"] = sample_loss.sum() / sample_weight.sum().clamp(min=1e-8)
         out["sample_loss"] = (sample_loss / sample_weight.clamp(min=1e-8)).detach()
