@@ -611,38 +611,26 @@ class CometModel(nn.Module):
         elif (Path(name_or_path) / ADAPTER_FILE).exists():
             adapter_dir = Path(name_or_path)
 
-        if adapter_dir is None:
-            loaded = load_base(str(name_or_path), dtype=dtype, device=device, attn_implementation=attn_implementation)
-            model = cls(
-                loaded.model,
-                config,
-                tokenizer=loaded.tokenizer,
-                base_name=loaded.name,
-                base_fingerprint=loaded.fingerprint,
-            )
-            return model.to(device)
-
-        saved_config, meta = CometConfig.load(adapter_dir)
-        if config is not None and config != saved_config:
-            raise ValueError(f"the adapter in {adapter_dir} was trained with another CometConfig")
-        loaded = load_base(base or meta.get("base_name") or DEFAULT_BASE, dtype=dtype, device=device,
-                           attn_implementation=attn_implementation)
+        meta: dict[str, Any] = {}
+        if adapter_dir is not None:
+            saved_config, meta = CometConfig.load(adapter_dir)
+            if config is not None and config != saved_config:
+                raise ValueError(f"the adapter in {adapter_dir} was trained with another CometConfig")
+            config = saved_config
+            name_or_path = base or meta.get("base_name") or DEFAULT_BASE
+        loaded = load_base(str(name_or_path), dtype=dtype, device=device, attn_implementation=attn_implementation)
         expected = meta.get("base_fingerprint", "")
         if expected and loaded.fingerprint != expected:
             log.warning(
                 "base weights differ from those the adapter was trained on (fingerprint %s, adapter expects %s); "
                 "answers may degrade", loaded.fingerprint, expected,
             )
-        model = cls(
-            loaded.model,
-            saved_config,
-            tokenizer=loaded.tokenizer,
-            base_name=loaded.name,
-            base_fingerprint=loaded.fingerprint,
-        )
-        if "first_special_id" in meta and model.first_special_id != meta["first_special_id"]:
-            raise ValueError("the tokenizer places the CoMeT tokens at other ids than the adapter expects")
-        model.load_adapter_state_dict(load_file(str(adapter_dir / ADAPTER_FILE)))
+        model = cls(loaded.model, config, tokenizer=loaded.tokenizer, base_name=loaded.name,
+                    base_fingerprint=loaded.fingerprint)
+        if adapter_dir is not None:
+            if "first_special_id" in meta and model.first_special_id != meta["first_special_id"]:
+                raise ValueError("the tokenizer places the CoMeT tokens at other ids than the adapter expects")
+            model.load_adapter_state_dict(load_file(str(adapter_dir / ADAPTER_FILE)))
         return model.to(device)
 
     def describe(self) -> dict[str, Any]:
