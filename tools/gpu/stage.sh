@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Run ON THE GPU MACHINE: keep whatever GGUF part / wheels this call carried outside the repo, so that the next
+# call on the same warm machine finds them.
+set -euo pipefail
+mkdir -p /root/gguf /root/wheels
+for f in .gpu/gguf.part.*; do [ -f "$f" ] && cp "$f" /root/gguf/; done
+[ -d .whl ] && cp .whl/* /root/wheels/ || true
+ls -la /root/gguf /root/wheels
+nvidia-smi --query-gpu=name,memory.total,memory.used --format=csv
