@@ -163,6 +163,98 @@ def eval_passkey(
             typer.echo("matplotlib is not installed: no heat-map written")
 
 
+def _names(text: str, known: tuple[str, ...], what: str) -> list[str]:
+    names = [p.strip() for p in text.split(",") if p.strip()]
+    bad = [n for n in names if n not in known]
+    if bad or not names:
+        raise typer.BadParameter(f"unknown {what} {bad} (known: {', '.join(known)})")
+    return names
+
+
+@eval_app.command("qa")
+def eval_qa(
+    families: Annotated[str, typer.Option(help="Comma-separated task families.")] =
+        "user_behaviour,agent_trajectory,conversation",
+    lengths: Annotated[str, typer.Option(help="Comma-separated stream lengths; k (1024) and m suffixes allowed.")] =
+        "4k,16k,64k",
+    items: Annotated[int, typer.Option(help="Items (stream + one question) per family and length.")] = 50,
+    seed: Annotated[int, typer.Option(help="Held-out set seed (generator seeds >= 2**48: never trained on).")] = 0,
+    systems: Annotated[str, typer.Option(help="Comma-separated subset of comet,truncation,full.")] =
+        "comet,truncation,full",
+    max_new_tokens: Annotated[int, typer.Option(help="Greedy answer length limit.")] = 24,
+    qa_per_stream: Annotated[Optional[int], typer.Option(help="Use only the first K questions of each stream "
+                                                              "(default: all of them).")] = None,
+    budget: Annotated[Optional[int], typer.Option(help="Truncation budget in stream tokens "
+                                                       "(default: m + fifo + chunk_size of the config).")] = None,
+    model: ModelOpt = "default",
+    device: DeviceOpt = None,
+    out: Annotated[Optional[str], typer.Option(help="Write qa_rows.json and qa_table.md here.")] = None,
+    verbose: Annotated[bool, typer.Option(help="Print every answer.")] = False,
+) -> None:
+    """Held-out event QA: CoMeT against truncation and full-attention baselines on the same items."""
+    from .evaluation import SYSTEMS, native_window, qa_markdown, run_qa, truncation_budget
+    from .training.data.common import FAMILIES
+
+    fam_list = _names(families, tuple(FAMILIES), "families")
+    sys_list = _names(systems, SYSTEMS, "systems")
+    length_list = _ints(lengths)
+    if items < 1 or any(n < 1 for n in length_list) or max_new_tokens < 1:
+        raise typer.BadParameter("--items, --lengths and --max-new-tokens must be >= 1")
+    t_load = time.perf_counter()
+    engine = _load(model, device)
+    t_load = time.perf_counter() - t_load
+    used_budget = budget if budget is not None else truncation_budget(engine.config)
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    rows = run_qa(engine, fam_list, length_list, items, seed=seed, systems=sys_list, max_new_tokens=max_new_tokens,
+                  qa_per_stream=qa_per_stream, budget=used_budget, log=typer.echo if verbose else None,
+                  timings=timings)
+    wall = time.perf_counter() - t0
+    table = qa_markdown(rows, budget=used_budget, window=native_window(engine))
+    typer.echo(table)
+    typer.echo(f"{len(rows)} items in {wall:.0f} s on {engine.model.device} (model load {t_load:.0f} s; "
+               + ", ".join(f"{s} {timings.get(s, 0.0):.0f} s" for s in sys_list) + ")")
+    if out:
+        p = Path(out)
+        p.mkdir(parents=True, exist_ok=True)
+        meta = {"model": model, "adapter_fingerprint": engine.model.adapter_fingerprint,
+                "device": str(engine.model.device), "families": fam_list, "lengths": length_list, "items": items,
+                "seed": seed, "systems": sys_list,
+                "max_new_tokens": max_new_tokens, "qa_per_stream": qa_per_stream, "truncation_budget": used_budget,
+                "native_window": native_window(engine), "seconds": {"wall": wall, **timings}}
+        (p / "qa_rows.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+        (p / "qa_table.md").write_text(table + "\n")
+
+
+@eval_app.command("preserve")
+def eval_preserve(
+    limit: Annotated[Optional[int], typer.Option(help="Use only the first N of the 50 instructions.")] = None,
+    max_new_tokens: Annotated[int, typer.Option(help="Greedy answer length limit.")] = 40,
+    model: ModelOpt = "default",
+    device: DeviceOpt = None,
+    out: Annotated[Optional[str], typer.Option(help="Write preserve_rows.json and preserve_table.md here.")] = None,
+    verbose: Annotated[bool, typer.Option(help="Print every pair of answers.")] = False,
+) -> None:
+    """Short-chat preservation: CoMeT (empty memory) against the plain base model on short instructions."""
+    from .evaluation import SHORT_INSTRUCTIONS, base_preservation, preservation_markdown
+
+    if limit is not None and limit < 1:
+        raise typer.BadParameter("--limit must be >= 1")
+    engine = _load(model, device)
+    t0 = time.perf_counter()
+    result = base_preservation(engine, SHORT_INSTRUCTIONS[:limit], max_new_tokens=max_new_tokens,
+                               log=typer.echo if verbose else None)
+    table = preservation_markdown(result)
+    typer.echo(table)
+    typer.echo(f"{result['n']} instructions in {time.perf_counter() - t0:.0f} s on {engine.model.device}")
+    if out:
+        p = Path(out)
+        p.mkdir(parents=True, exist_ok=True)
+        (p / "preserve_rows.json").write_text(json.dumps(
+            {"meta": {"model": model, "adapter_fingerprint": engine.model.adapter_fingerprint}, **result}, indent=1))
+        (p / "preserve_table.md").write_text(table + "\n")
+
+
 @bench_app.command("absorb")
 def bench_absorb_cmd(
     tokens: Annotated[str, typer.Option(help="Comma-separated stream lengths; k and m suffixes allowed.")] = "8k,64k",

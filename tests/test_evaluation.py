@@ -1,0 +1,267 @@
+"""Evaluation harness: answer normalisation, held-out items, the QA systems and short-chat preservation.
+
+The end-to-end tests run the real SmolLM2 base with whatever ``"default"`` adapter is shipped (untrained while
+none is): they check the harness (same items for every system, budgets, tables), not accuracy.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from comet_agents import evaluation as ev
+from comet_agents.config import CometConfig
+from comet_agents.evaluation import (
+    HELDOUT_SEED_BASE,
+    SHORT_INSTRUCTIONS,
+    heldout_seed,
+    is_correct,
+    normalize,
+    preservation_markdown,
+    qa_items,
+    qa_markdown,
+    truncation_budget,
+)
+
+# ---- normalisation and correctness ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("The Answer", "answer"),
+        ("  a   cat\n\tand AN apple ", "cat and apple"),
+        ("1,204!", "1204"),
+        ("62.99", "6299"),
+        ("sql_query", "sqlquery"),
+        ("src/app/main.py", "srcappmainpy"),
+        ("“Naples”…", "naples"),  # unicode punctuation
+        ("Théâtre", "théâtre"),  # letters with accents are kept
+        ("then there", "then there"),  # articles only as whole words
+        ("", ""),
+        (None, ""),
+    ],
+)
+def test_normalize(text, expected) -> None:
+    assert normalize(text) == expected
+
+
+@pytest.mark.parametrize(
+    ("prediction", "gold", "expected"),
+    [
+        ("Naples", "Naples", True),
+        ("The user lives in Naples.", "naples", True),
+        ("It cost $62.99 in total", "62.99", True),
+        ("The tool sql_query failed.", "sql_query", True),
+        ("It reports ca356cc", "It reports ca356cc.", True),
+        ("a Tesla Model 3", "Tesla Model 3", True),  # articles dropped on both sides
+        ("The user searched 12 times", "1", False),  # whole words only
+        ("1", "12", False),
+        ("Napleston", "Naples", False),
+        ("", "Naples", False),
+        (None, "Naples", False),
+        ("anything", "the", False),  # nothing left of the gold answer
+        ("Kuala Lumpur", "Kuala  Lumpur", True),
+        ("kuala\nlumpur", "Kuala Lumpur", True),
+    ],
+)
+def test_is_correct(prediction, gold, expected) -> None:
+    assert is_correct(prediction, gold) is expected
+
+
+# ---- held-out items -----------------------------------------------------------------------------------------------
+
+
+def test_heldout_seeds_are_outside_every_training_seed_range() -> None:
+    seeds = {heldout_seed(s, f, t, i) for s in (0, 1) for f in ("conversation", "passkey") for t in (4096, 8192)
+             for i in range(50)}
+    assert len(seeds) == 2 * 2 * 2 * 50
+    assert all(HELDOUT_SEED_BASE <= s < 2 * HELDOUT_SEED_BASE for s in seeds)  # training: < 2**31, sub-seeds < 2**48
+    assert heldout_seed(0, "conversation", 4096, 3) == heldout_seed(0, "conversation", 4096, 3)
+
+
+def test_qa_items_are_deterministic_and_take_every_qa_of_a_stream() -> None:
+    items = qa_items("conversation", 600, 7, seed=3)
+    assert [it.item for it in items] == list(range(7))
+    assert items == qa_items("conversation", 600, 7, seed=3)
+    assert items != qa_items("conversation", 600, 7, seed=4)
+    first = [it for it in items if it.sample_seed == items[0].sample_seed]
+    assert [it.qa_index for it in first] == list(range(len(first))) and len(first) > 1  # all QAs of the stream
+    assert all(it.question and it.answer and it.family == "conversation" and it.length == 600 for it in items)
+    one_each = qa_items("conversation", 600, 3, seed=3, qa_per_stream=1)
+    assert [it.qa_index for it in one_each] == [0, 0, 0] and len({it.sample_seed for it in one_each}) == 3
+    with pytest.raises(ValueError, match="unknown family"):
+        qa_items("nope", 600, 1)
+
+
+def test_truncation_budget_is_the_answer_time_span() -> None:
+    cfg = CometConfig()
+    assert truncation_budget(cfg) == cfg.m + cfg.fifo + cfg.chunk_size == 128 + 512 + 1024
+    assert truncation_budget(CometConfig(temporary_memory=False)) == 128 + 1024
+
+
+def test_short_instructions() -> None:
+    assert len(SHORT_INSTRUCTIONS) == 50 and len(set(SHORT_INSTRUCTIONS)) == 50
+
+
+def test_unknown_system_is_refused() -> None:
+    with pytest.raises(ValueError, match="unknown systems"):
+        ev.evaluate_items(None, [], systems=("comet", "oracle"))  # type: ignore[arg-type]
+
+
+def _row(family, length, item, correct, seed=1):
+    return {"family": family, "length": length, "item": item, "sample_seed": seed, "stream_tokens": length + 5,
+            "prediction": {k: (None if v is None else "x") for k, v in correct.items()}, "correct": correct}
+
+
+def test_qa_markdown_accuracy_na_and_partial_cells() -> None:
+    rows = [
+        _row("conversation", 4096, 0, {"comet": True, "truncation": False, "full": True}),
+        _row("conversation", 4096, 1, {"comet": False, "truncation": False, "full": None}),
+        _row("user_behaviour", 4096, 0, {"comet": True, "truncation": True, "full": True}, seed=2),
+        _row("conversation", 16384, 0, {"comet": True, "truncation": False, "full": None}),
+    ]
+    table = qa_markdown(rows, budget=1664, window=8192)
+    lines = table.splitlines()
+    assert lines[0] == "| family | length | items | streams | mean tokens | comet | truncation | full |"
+    assert "| conversation | 4k | 2 | 1 | 4,101 | 50.0 | 0.0 | 100.0 (1/2) |" in lines
+    assert "| user_behaviour | 4k | 1 | 1 | 4,101 | 100.0 | 100.0 | 100.0 |" in lines
+    assert "| **all** | 4k | 3 | 2 | 4,101 | 66.7 | 33.3 | 100.0 (2/3) |" in lines
+    assert "| conversation | 16k | 1 | 1 | 16,389 | 100.0 | 0.0 | n/a |" in lines
+    assert "1,664 stream tokens" in table and "8,192-token window" in table
+
+
+def test_preservation_markdown_lists_differences() -> None:
+    result = {"n": 2, "matches": 1, "exact": 1, "rate": 0.5, "rows": [
+        {"instruction": "a", "comet": "x", "base": "x", "match": True},
+        {"instruction": "b|c", "comet": "y", "base": "z", "match": False}]}
+    text = preservation_markdown(result)
+    assert "| 2 | 1 | 1 | 50.0 % |" in text and "| b\\|c | y | z |" in text
+
+
+# ---- the real base model --------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def engine():
+    from comet_agents.engine import MemoryEngine
+    from comet_agents.modeling import CometModel
+
+    return MemoryEngine(CometModel.from_pretrained("default", device="cpu").eval())
+
+
+@pytest.mark.slow
+def test_plain_base_bypasses_lora(engine) -> None:
+    """``plain_base`` must compute the base model even when the LoRA weights are not zero."""
+    model = engine.model
+    ids = torch.tensor([engine.encode("The quick brown fox jumps over the lazy dog.")])
+    with ev.plain_base(model) as base:
+        before = base(input_ids=ids).logits
+    lora_b = [p for n, p in model.backbone.named_parameters() if "lora_B" in n]
+    assert lora_b
+    saved = [p.detach().clone() for p in lora_b]
+    try:
+        with torch.no_grad():
+            for p in lora_b:
+                p.normal_(0.0, 0.05)
+        with torch.no_grad(), ev.plain_base(model) as base:
+            plain = base(input_ids=ids).logits
+        with torch.no_grad():
+            adapted = model.backbone(input_ids=ids).logits
+    finally:
+        with torch.no_grad():
+            for p, s in zip(lora_b, saved):
+                p.copy_(s)
+    assert torch.equal(plain, before)
+    assert not torch.allclose(adapted, before, atol=1e-3)
+
+
+@pytest.mark.slow
+def test_qa_systems_answer_the_same_items(engine, monkeypatch) -> None:
+    items = [it for fam in ev.QA_FAMILIES
+             for it in qa_items(fam, 1200, 1, seed=0, count_tokens=lambda s: len(engine.encode(s)))]
+    assert [it.family for it in items] == list(ev.QA_FAMILIES)
+    prompts: list[list[int]] = []
+    real_generate = ev.base_generate
+
+    def spy(eng, prompt_ids, **kw):
+        prompts.append(list(prompt_ids))
+        return real_generate(eng, prompt_ids, **kw)
+
+    monkeypatch.setattr(ev, "base_generate", spy)
+    budget = 400  # below the stream length, so that truncation really cuts (the default is 1,664)
+    timings: dict[str, float] = {}
+    rows = ev.evaluate_items(engine, items, max_new_tokens=6, budget=budget, timings=timings)
+    assert set(timings) == set(ev.SYSTEMS)
+    assert len(rows) == 3 and len(prompts) == 6  # truncation for every item, then full for every item
+    for it, row, trunc, full in zip(items, rows, prompts[:3], prompts[3:]):
+        assert (row["family"], row["question"], row["gold"]) == (it.family, it.question, it.answer)
+        assert set(row["prediction"]) == set(row["correct"]) == set(row["prompt_tokens"]) == set(ev.SYSTEMS)
+        for system in ev.SYSTEMS:
+            assert isinstance(row["prediction"][system], str)
+            assert row["correct"][system] == is_correct(row["prediction"][system], it.answer)
+        stream = engine.encode(it.stream)
+        question = engine.encode(ev.chat_question(engine.tokenizer, it.question))
+        assert row["stream_tokens"] == len(stream) >= 1200 and row["question_tokens"] == len(question)
+        assert trunc == stream[-budget:] + question  # the most recent `budget` stream tokens, then the question
+        assert row["prompt_tokens"]["truncation"] == budget + len(question)
+        assert full == stream + question  # fits the 8k window: full is applicable
+        assert row["prompt_tokens"]["full"] == len(stream) + len(question) == row["prompt_tokens"]["comet"]
+    json.dumps(rows)  # JSON-ready
+
+    table = qa_markdown(rows, budget=budget, window=ev.native_window(engine))
+    for fam in ev.QA_FAMILIES:
+        assert f"| {fam} | 1,200 | 1 | 1 |" in table
+    assert "| **all** | 1,200 | 3 | 3 |" in table
+
+    # A stream that does not fit the native window is "not applicable" for full attention, never truncated.
+    monkeypatch.setattr(ev, "native_window", lambda eng: 1000)
+    prompts.clear()
+    na = ev.evaluate_items(engine, items[:1], systems=("full",), max_new_tokens=6)
+    assert prompts == [] and na[0]["prediction"] == {"full": None} and na[0]["correct"] == {"full": None}
+    assert "| n/a |" in qa_markdown(na)
+
+
+@pytest.mark.slow
+def test_base_preservation_on_three_instructions(engine) -> None:
+    result = ev.base_preservation(engine, SHORT_INSTRUCTIONS[:3], max_new_tokens=12)
+    assert 0.0 <= result["rate"] <= 1.0 and result["n"] == 3 and len(result["rows"]) == 3
+    for row, text in zip(result["rows"], SHORT_INSTRUCTIONS[:3]):
+        assert row["instruction"] == text and isinstance(row["comet"], str) and row["base"]
+        assert row["match"] == (row["comet"] == row["base"] or normalize(row["comet"]) == normalize(row["base"]))
+    assert result["matches"] == sum(r["match"] for r in result["rows"])
+    # The base answer is the plain model's: "Paris" for the capital of France.
+    assert "paris" in result["rows"][0]["base"].lower()
+
+
+@pytest.mark.slow
+def test_cli_eval_qa_and_preserve(engine, monkeypatch, tmp_path) -> None:
+    from comet_agents import cli
+
+    monkeypatch.setattr(cli, "_load", lambda model, device, config_json=None: engine)  # one model load per file
+    runner = CliRunner()
+    out = tmp_path / "qa"
+    result = runner.invoke(cli.app, ["eval", "qa", "--families", "conversation", "--lengths", "0.25k", "--items", "1",
+                                     "--systems", "truncation,full", "--max-new-tokens", "3", "--device", "cpu",
+                                     "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "| conversation | 256 | 1 | 1 |" in result.output and "1 items in" in result.output
+    saved = json.loads((out / "qa_rows.json").read_text())
+    assert saved["meta"]["truncation_budget"] == truncation_budget(engine.config)
+    assert set(saved["rows"][0]["prediction"]) == {"truncation", "full"}
+    assert (out / "qa_table.md").read_text().startswith("| family | length |")
+
+    out = tmp_path / "preserve"
+    result = runner.invoke(cli.app, ["eval", "preserve", "--limit", "1", "--max-new-tokens", "3", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "| instructions |" in result.output
+    assert json.loads((out / "preserve_rows.json").read_text())["n"] == 1
+
+    result = runner.invoke(cli.app, ["eval", "qa", "--families", "nope"])
+    assert result.exit_code != 0 and "unknown families" in result.output
+    result = runner.invoke(cli.app, ["eval", "qa", "--systems", "comet,oracle"])
+    assert result.exit_code != 0 and "unknown systems" in result.output
+
