@@ -280,6 +280,259 @@ def demo() -> None:
     passkey(tokens=2000, depth=0.5, key=None, filler="classic", model="default", device=None)
 
 
+# ---- durable sessions: absorb, ask, sessions ------------------------------------------------------------------
+
+sessions_app = typer.Typer(help="Durable memory sessions: list, history, events, fork, restore, forget, delete.",
+                           no_args_is_help=True)
+app.add_typer(sessions_app, name="sessions")
+
+SessionOpt = Annotated[str, typer.Option("--session", "-s", help="Session id.")]
+TenantOpt = Annotated[str, typer.Option(help="Tenant the session belongs to.")]
+StoreOpt = Annotated[Optional[str], typer.Option(
+    "--store", help="SQLAlchemy URL of the store (default: $COMET_AGENTS_STORE, else a SQLite file in the user "
+                    "data directory).")]
+
+
+def _fail(exc: BaseException) -> "typer.Exit":
+    typer.echo(f"error: {exc}", err=True)
+    return typer.Exit(1)
+
+
+def _memory(session: str, tenant: str, store: str | None, model: str, device: str | None, *, create: bool = True):
+    from .memory import ComeTMemory
+
+    return ComeTMemory(session, tenant=tenant, store=store, model=model, device=device, create=create)
+
+
+def _store(store: str | None):
+    from .store import open_store
+
+    return open_store(store)
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from .events import EventError
+    from .state import CorruptStateError, StateMismatchError
+    from .store import StoreError
+
+    return (EventError, StoreError, StateMismatchError, CorruptStateError, LookupError, ValueError)
+
+
+def _text_events(text: str) -> list[str]:
+    """Plain text as TextEvents: one per paragraph, long paragraphs cut to fit MAX_EVENT_CHARS."""
+    import re
+
+    from .events import MAX_EVENT_CHARS
+
+    limit = MAX_EVENT_CHARS // 2
+    out = []
+    for para in re.split(r"\n\s*\n", text):
+        if para.strip():
+            out += [para[i: i + limit] for i in range(0, len(para), limit)]
+    return out
+
+
+@app.command("absorb")
+def absorb_cmd(
+    file: Annotated[str, typer.Argument(help="Text or JSON Lines events; '-' reads stdin.")] = "-",
+    session: SessionOpt = "default",
+    fmt: Annotated[str, typer.Option("--format", help="auto (.jsonl/.ndjson or a leading '{' = events), text, "
+                                                      "or jsonl.")] = "auto",
+    tenant: TenantOpt = "default",
+    store: StoreOpt = None,
+    model: ModelOpt = "default",
+    device: DeviceOpt = None,
+) -> None:
+    """Absorb a text file or JSON Lines events into a session (validated first: bad input stores nothing)."""
+    import sys
+
+    from .events import EventError, parse_jsonl
+
+    if fmt not in ("auto", "text", "jsonl"):
+        raise typer.BadParameter("--format must be auto, text or jsonl")
+    try:
+        data = sys.stdin.buffer.read() if file == "-" else Path(file).read_bytes()
+    except OSError as exc:
+        raise _fail(exc) from None
+    if fmt == "auto":
+        fmt = "jsonl" if file.endswith((".jsonl", ".ndjson")) or data.lstrip()[:1] == b"{" else "text"
+    try:
+        if fmt == "jsonl":
+            events = parse_jsonl(data)
+        else:
+            try:
+                text = data.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise EventError(f"input is not valid UTF-8: byte 0x{data[exc.start]:02x} at byte offset "
+                                 f"{exc.start}") from None
+            events = _text_events(text)
+        if not events:
+            raise EventError("the input holds no events")
+        mem = _memory(session, tenant, store, model, device)
+        with mem:
+            ids = mem.absorb(events)
+            mem.snapshot()
+            stats = mem.stats
+    except _user_errors() as exc:
+        raise _fail(exc) from None
+    typer.echo(f"absorbed {len(ids)} event(s) into session {session!r} (ids {ids[0]}..{ids[-1]}); version "
+               f"{stats.version}, {stats.events} events, {stats.tokens_absorbed + stats.tokens_pending:,} tokens, "
+               f"state {stats.state_bytes / 2**20:.2f} MiB")
+
+
+@app.command("ask")
+def ask_cmd(
+    question: Annotated[str, typer.Argument(help="The question.")],
+    session: SessionOpt = "default",
+    max_new_tokens: Annotated[int, typer.Option(help="Answer length limit.")] = 64,
+    tenant: TenantOpt = "default",
+    store: StoreOpt = None,
+    model: ModelOpt = "default",
+    device: DeviceOpt = None,
+) -> None:
+    """Answer a question from a session's memory."""
+    try:
+        mem = _memory(session, tenant, store, model, device, create=False)
+        answer = mem.recall(question, max_new_tokens=max_new_tokens)
+        mem.close()
+    except _user_errors() as exc:
+        raise _fail(exc) from None
+    typer.echo(answer)
+
+
+@sessions_app.command("list")
+def sessions_list(tenant: TenantOpt = "default", store: StoreOpt = None) -> None:
+    """Sessions of a tenant."""
+    try:
+        rows = _store(store).list_sessions(tenant)
+    except _user_errors() as exc:
+        raise _fail(exc) from None
+    if not rows:
+        typer.echo(f"no sessions for tenant {tenant!r}")
+        return
+    typer.echo(f"{'session':<24} {'version':>7} {'events':>7}  {'updated (UTC)':<19}  forked from")
+    for r in rows:
+        typer.echo(f"{r.session_id:<24} {r.head_version if r.head_version is not None else '-':>7} {r.last_seq:>7}  "
+                   f"{r.updated_at:%Y-%m-%d %H:%M:%S}  {r.forked_from or ''}")
+
+
+@sessions_app.command("history")
+def sessions_history(session: SessionOpt, tenant: TenantOpt = "default", store: StoreOpt = None) -> None:
+    """Versions of a session (* marks the head)."""
+    try:
+        st = _store(store)
+        head = st.session(tenant, session).head_version
+        rows = st.snapshots(tenant, session)
+    except _user_errors() as exc:
+        raise _fail(exc) from None
+    typer.echo(f"  {'version':>7} {'parent':>6} {'branch':>6} {'last id':>7} {'events':>7} {'chunks':>7} "
+               f"{'bytes':>10}  {'reason':<8} {'created (UTC)':<19}  state")
+    for r in rows:
+        state = "deleted by forget" if r.purged else ("pruned (replayable)" if not r.has_blob else r.sha256[:12])
+        typer.echo(f"{'*' if r.version == head else ' '} {r.version:>7} {r.parent_version or '-':>6} {r.branch:>6} "
+                   f"{r.last_seq:>7} {r.events:>7} {r.chunks:>7} {r.size:>10}  {r.reason:<8} "
+                   f"{r.created_at:%Y-%m-%d %H:%M:%S}  {state}")
+
+
+@sessions_app.command("events")
+def sessions_events(
+    session: SessionOpt,
+    all_branches: Annotated[bool, typer.Option(help="Also events off the current branch, and tombstones.")] = False,
+    tenant: TenantOpt = "default",
+    store: StoreOpt = None,
+) -> None:
+    """Events of a session (ids are what `sessions forget` takes)."""
+    try:
+        st = _store(store)
+        if all_branches:
+            rows = st.all_events(tenant, session)
+        else:
+            rows = list(st.lineage_events(tenant, session, st.chain(tenant, session)))
+    except _user_errors() as exc:
+        raise _fail(exc) from None
+    for e in rows:
+        text = "(forgotten)" if e.deleted else e.text.rstrip("\n").replace("\n", "\\n")
+        typer.echo(f"{e.id:>7} {e.kind:<12} {text[:100]}")
+
+
+@sessions_app.command("fork")
+def sessions_fork(
+    new_session: Annotated[str, typer.Argument(help="Id of the new session.")],
+    session: SessionOpt,
+    version: Annotated[Optional[int], typer.Option(help="Fork this version (default: the current state).")] = None,
+    tenant: TenantOpt = "default",
+    store: StoreOpt = None,
+    model: ModelOpt = "default",
+    device: DeviceOpt = None,
+) -> None:
+    """Copy a session (or one of its versions) into a new session."""
+    try:
+        mem = _memory(session, tenant, store, model, device, create=False)
+        child = mem.fork(new_session, version)
+        events = child.stats.events
+        child.close()
+        mem.close()
+    except _user_errors() as exc:
+        raise _fail(exc) from None
+    typer.echo(f"forked {session!r} into {new_session!r} ({events} events)")
+
+
+@sessions_app.command("restore")
+def sessions_restore(
+    version: Annotated[int, typer.Argument(help="Version to make current.")],
+    session: SessionOpt,
+    tenant: TenantOpt = "default",
+    store: StoreOpt = None,
+    model: ModelOpt = "default",
+    device: DeviceOpt = None,
+) -> None:
+    """Make a version current (later events stay in the log; later versions stay restorable)."""
+    try:
+        mem = _memory(session, tenant, store, model, device, create=False)
+        mem.restore(version)
+        mem.close()
+    except _user_errors() as exc:
+        raise _fail(exc) from None
+    typer.echo(f"session {session!r} restored to version {version}")
+
+
+@sessions_app.command("forget")
+def sessions_forget(
+    event_ids: Annotated[list[int], typer.Argument(help="Ids of the events to forget (see `sessions events`).")],
+    session: SessionOpt,
+    tenant: TenantOpt = "default",
+    store: StoreOpt = None,
+    model: ModelOpt = "default",
+    device: DeviceOpt = None,
+) -> None:
+    """Erase events and every stored state derived from them; the memory is rebuilt without them."""
+    try:
+        mem = _memory(session, tenant, store, model, device, create=False)
+        result = mem.forget(event_ids)
+        mem.close()
+    except _user_errors() as exc:
+        raise _fail(exc) from None
+    purged = ", ".join(map(str, result.purged_versions)) or "none"
+    typer.echo(f"forgot {len(result.forgotten)} event(s) of {session!r}; versions deleted: {purged}")
+
+
+@sessions_app.command("delete")
+def sessions_delete(
+    session: SessionOpt,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+    tenant: TenantOpt = "default",
+    store: StoreOpt = None,
+) -> None:
+    """Delete a session with all its events and versions."""
+    if not yes and not typer.confirm(f"Delete session {session!r} of tenant {tenant!r} and all its data?"):
+        raise typer.Exit(1)
+    try:
+        _store(store).delete_session(tenant, session)
+    except _user_errors() as exc:
+        raise _fail(exc) from None
+    typer.echo(f"deleted session {session!r}")
+
+
 def main() -> None:
     app()
 

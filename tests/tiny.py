@@ -45,3 +45,45 @@ def tiny_model(kind: str = "llama", attn: str = "sdpa", seed: int = 0, **overrid
         model.special_embeddings.add_(torch.randn(model.special_embeddings.shape, generator=g))
     model.invalidate_fingerprint()
     return model.eval()
+
+
+# Characters of the tiny tokenizer: printable ASCII and "\n", minus a few rare ones, so that ids stay below VOCAB.
+TINY_CHARS = list("0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ" "!\"#$%&'()*+,-./:;<=>?@[\\]_{} \n")
+TINY_CHAT_TEMPLATE = (
+    "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}<assistant>{% endif %}"
+)
+
+
+def tiny_tokenizer():
+    """A character-level fast tokenizer: <unk>=0, <eos>=1 (the tiny bases' eos), one id per character (< VOCAB).
+
+    Unknown characters map to <unk>; it has a chat template, so ``engine.chat_question`` and ``recall`` work.
+    """
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<unk>": 0, "<eos>": 1}
+    for c in TINY_CHARS:
+        vocab[c] = len(vocab)
+    assert len(vocab) <= VOCAB - 1, len(vocab)
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+    tok.decoder = decoders.Fuse()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", eos_token="<eos>", pad_token="<eos>")
+    fast.chat_template = TINY_CHAT_TEMPLATE
+    return fast
+
+
+def tiny_chat_model(kind: str = "llama", seed: int = 0, **overrides) -> CometModel:
+    """Like :func:`tiny_model` but with :func:`tiny_tokenizer` attached (text in, text out). Deterministic in
+    ``seed`` and ``overrides``, so another process builds the very same model."""
+    model = CometModel(tiny_base(kind, "sdpa", seed), tiny_config(**overrides), tokenizer=tiny_tokenizer(),
+                       base_fingerprint=f"tiny-{kind}-{seed}")
+    g = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for p in model.memory.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * 0.3)
+        model.special_embeddings.add_(torch.randn(model.special_embeddings.shape, generator=g))
+    model.invalidate_fingerprint()
+    return model.eval()
