@@ -35,9 +35,8 @@ def tiny_config(**overrides) -> CometConfig:
     return CometConfig(**base)
 
 
-def tiny_model(kind: str = "llama", attn: str = "sdpa", seed: int = 0, **overrides) -> CometModel:
-    model = CometModel(tiny_base(kind, attn, seed), tiny_config(**overrides), base_fingerprint=f"tiny-{kind}-{seed}")
-    # Memory nets are initialised near identity; perturb them so tests see real gates and adapters.
+def _perturbed(model: CometModel, seed: int) -> CometModel:
+    """Memory nets start near identity; perturb them (deterministically) so tests see real gates and adapters."""
     g = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():
         for p in model.memory.parameters():
@@ -45,6 +44,11 @@ def tiny_model(kind: str = "llama", attn: str = "sdpa", seed: int = 0, **overrid
         model.special_embeddings.add_(torch.randn(model.special_embeddings.shape, generator=g))
     model.invalidate_fingerprint()
     return model.eval()
+
+
+def tiny_model(kind: str = "llama", attn: str = "sdpa", seed: int = 0, **overrides) -> CometModel:
+    model = CometModel(tiny_base(kind, attn, seed), tiny_config(**overrides), base_fingerprint=f"tiny-{kind}-{seed}")
+    return _perturbed(model, seed)
 
 
 # Characters of the tiny tokenizer: printable ASCII and "\n", minus a few rare ones, so that ids stay below VOCAB.
@@ -80,10 +84,4 @@ def tiny_chat_model(kind: str = "llama", seed: int = 0, **overrides) -> CometMod
     ``seed`` and ``overrides``, so another process builds the very same model."""
     model = CometModel(tiny_base(kind, "sdpa", seed), tiny_config(**overrides), tokenizer=tiny_tokenizer(),
                        base_fingerprint=f"tiny-{kind}-{seed}")
-    g = torch.Generator().manual_seed(seed + 1)
-    with torch.no_grad():
-        for p in model.memory.parameters():
-            p.add_(torch.randn(p.shape, generator=g) * 0.3)
-        model.special_embeddings.add_(torch.randn(model.special_embeddings.shape, generator=g))
-    model.invalidate_fingerprint()
-    return model.eval()
+    return _perturbed(model, seed)
