@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -304,6 +305,19 @@ def _memory(session: str, tenant: str, store: str | None, model: str, device: st
     return ComeTMemory(session, tenant=tenant, store=store, model=model, device=device, create=create)
 
 
+@contextlib.contextmanager
+def _existing_session(session: str, tenant: str, store: str | None, model: str, device: str | None):
+    """An existing session's ComeTMemory, closed afterwards; user errors become a clean CLI error."""
+    try:
+        mem = _memory(session, tenant, store, model, device, create=False)
+        try:
+            yield mem
+        finally:
+            mem.close()
+    except _user_errors() as exc:
+        raise _fail(exc) from None
+
+
 def _store(store: str | None):
     from .store import open_store
 
@@ -391,12 +405,8 @@ def ask_cmd(
     device: DeviceOpt = None,
 ) -> None:
     """Answer a question from a session's memory."""
-    try:
-        mem = _memory(session, tenant, store, model, device, create=False)
+    with _existing_session(session, tenant, store, model, device) as mem:
         answer = mem.recall(question, max_new_tokens=max_new_tokens)
-        mem.close()
-    except _user_errors() as exc:
-        raise _fail(exc) from None
     typer.echo(answer)
 
 
@@ -466,14 +476,10 @@ def sessions_fork(
     device: DeviceOpt = None,
 ) -> None:
     """Copy a session (or one of its versions) into a new session."""
-    try:
-        mem = _memory(session, tenant, store, model, device, create=False)
+    with _existing_session(session, tenant, store, model, device) as mem:
         child = mem.fork(new_session, version)
         events = child.stats.events
         child.close()
-        mem.close()
-    except _user_errors() as exc:
-        raise _fail(exc) from None
     typer.echo(f"forked {session!r} into {new_session!r} ({events} events)")
 
 
@@ -487,12 +493,8 @@ def sessions_restore(
     device: DeviceOpt = None,
 ) -> None:
     """Make a version current (later events stay in the log; later versions stay restorable)."""
-    try:
-        mem = _memory(session, tenant, store, model, device, create=False)
+    with _existing_session(session, tenant, store, model, device) as mem:
         mem.restore(version)
-        mem.close()
-    except _user_errors() as exc:
-        raise _fail(exc) from None
     typer.echo(f"session {session!r} restored to version {version}")
 
 
@@ -506,12 +508,8 @@ def sessions_forget(
     device: DeviceOpt = None,
 ) -> None:
     """Erase events and every stored state derived from them; the memory is rebuilt without them."""
-    try:
-        mem = _memory(session, tenant, store, model, device, create=False)
+    with _existing_session(session, tenant, store, model, device) as mem:
         result = mem.forget(event_ids)
-        mem.close()
-    except _user_errors() as exc:
-        raise _fail(exc) from None
     purged = ", ".join(map(str, result.purged_versions)) or "none"
     typer.echo(f"forgot {len(result.forgotten)} event(s) of {session!r}; versions deleted: {purged}")
 
