@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 CONFIG_FILE = "comet_config.json"
+MEMORY_SOURCES = ("input", "output")
 
 
 @dataclass(frozen=True)
@@ -30,7 +31,19 @@ class CometConfig:
         global_memory: ablation switch; ``False`` removes global slots and readouts.
         temporary_memory: ablation switch; ``False`` removes compression tokens and the FIFO.
         gate: ablation switch; ``False`` replaces the gated update by ``S = candidate``.
-        lora_rank: rank of the peft LoRA on the backbone (0 = no LoRA).
+        memory_source: which hidden states of layer ``l`` the memory of layer ``l`` is written from, at the
+            compression tokens and readouts. ``"input"`` (default) takes the layer's input, the very space that
+            injection writes back into at layer ``l``, so a FIFO entry presents the same keys and values to a
+            later chunk as the compression token presented inside its own chunk. ``"output"`` takes the
+            layer's output, as the paper's code does (one layer off; a full fine-tune can absorb that, a frozen
+            backbone reads it poorly: docs/training.md).
+        memory_lora_rank: rank of the LoRA that runs only at memory positions (the added tokens: slots,
+            compression tokens, readouts); 0 disables it. Text positions never see it, so the backbone's
+            behaviour on plain text is untouched while the tokens that write and present memory get their own
+            capacity (the design of Activation Beacon's beacon-specific projections, at low rank).
+        memory_lora_alpha: its scaling numerator (scale = alpha / rank).
+        memory_lora_targets: backbone Linear module names (inside each decoder layer) that get it.
+        lora_rank: rank of the peft LoRA on the backbone, at every position (0 = no LoRA).
         lora_alpha: LoRA scaling numerator.
         lora_targets: backbone Linear module names that receive LoRA.
     """
@@ -43,7 +56,11 @@ class CometConfig:
     global_memory: bool = True
     temporary_memory: bool = True
     gate: bool = True
-    lora_rank: int = 8
+    memory_source: str = "input"
+    memory_lora_rank: int = 16
+    memory_lora_alpha: int = 32
+    memory_lora_targets: tuple[str, ...] = field(default=("q_proj", "k_proj", "v_proj", "o_proj"))
+    lora_rank: int = 0
     lora_alpha: int = 16
     lora_targets: tuple[str, ...] = field(
         default=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -63,9 +80,14 @@ class CometConfig:
             problems.append(f"adapter_rank must be >= 1, got {self.adapter_rank}")
         if self.lora_rank < 0:
             problems.append(f"lora_rank must be >= 0, got {self.lora_rank}")
+        if self.memory_lora_rank < 0:
+            problems.append(f"memory_lora_rank must be >= 0, got {self.memory_lora_rank}")
+        if self.memory_source not in MEMORY_SOURCES:
+            problems.append(f"memory_source must be one of {', '.join(MEMORY_SOURCES)}, got {self.memory_source!r}")
         if problems:
             raise ValueError("invalid CometConfig: " + "; ".join(problems))
         object.__setattr__(self, "lora_targets", tuple(self.lora_targets))
+        object.__setattr__(self, "memory_lora_targets", tuple(self.memory_lora_targets))
 
     # Effective sizes: the ablation switches zero them out so that layout code never branches on flags.
     @property
@@ -89,9 +111,11 @@ class CometConfig:
         return 2 * self.m + self.fifo + self.chunk_size + comp
 
     def state_fields(self) -> dict[str, Any]:
-        """The fields that determine what a memory state means (LoRA settings excluded)."""
+        """The fields that determine what a memory state means (LoRA settings excluded: the adapter
+        fingerprint covers the weights)."""
         d = self.to_dict()
-        for k in ("lora_rank", "lora_alpha", "lora_targets"):
+        for k in ("lora_rank", "lora_alpha", "lora_targets", "memory_lora_rank", "memory_lora_alpha",
+                  "memory_lora_targets"):
             d.pop(k)
         return d
 
@@ -103,6 +127,7 @@ class CometConfig:
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["lora_targets"] = list(self.lora_targets)
+        d["memory_lora_targets"] = list(self.memory_lora_targets)
         return d
 
     @classmethod

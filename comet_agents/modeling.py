@@ -17,6 +17,15 @@ Memory crosses chunks only through per-layer state written into slot positions (
         Q = last B rows of [Q ; E]                            oldest evicted first
     RLA(x) = x + (x D) U,  D: d x r, U: r x d
 
+``memory_source="input"`` (the default) writes layer l's memory from X, the layer's *input*, at the
+compression tokens and readouts; ``"output"`` from Y, as the paper's code does. Injection writes into layer
+l's input, so with "input" an entry presents the same keys and values to later chunks that its compression
+token presented inside its own chunk (docs/architecture.md, "Where memory is written from").
+
+The memory LoRA (``memory_lora_rank``) adds low-rank deltas to chosen backbone Linears at the positions of the
+added tokens only (slots, compression tokens, readouts): the tokens that write and present memory get their own
+capacity while every text position runs the backbone exactly as it was.
+
 ``layer_step`` is that block for one layer and one batch of chunks. Streaming (``absorb``) runs it
 chunk-major (chunks outside, layers inside: one chunk of activations alive); training runs it layer-major
 (layers outside, all chunks of a sequence inside), which computes the same function.
@@ -30,7 +39,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -92,6 +102,33 @@ class LayerMemory(nn.Module):
         super().__init__()
         self.global_net = GlobalMemoryNet(d, config.adapter_rank) if config.m else None
         self.temp_net = TemporaryMemoryNet(d, config.adapter_rank) if config.fifo else None
+
+
+class MemoryLoRA(nn.Module):
+    """Per-layer low-rank deltas ``scale * up(down(x))`` for the Linears named in ``targets``.
+
+    Applied by forward hooks on those Linears, and only where :attr:`CometModel._memory_positions` is set
+    (the added-token positions of the batch being run). ``up`` starts at zero, so a new memory LoRA changes
+    nothing until it is trained.
+    """
+
+    def __init__(self, linears: dict[str, nn.Module], rank: int, alpha: float, gen: torch.Generator) -> None:
+        super().__init__()
+        self.scale = alpha / rank
+        self.down = nn.ModuleDict()
+        self.up = nn.ModuleDict()
+        for name, lin in linears.items():
+            down = nn.Linear(lin.in_features, rank, bias=False)
+            with torch.no_grad():
+                down.weight.copy_(torch.randn(down.weight.shape, generator=gen) / lin.in_features**0.5)
+            up = nn.Linear(rank, lin.out_features, bias=False)
+            nn.init.zeros_(up.weight)
+            self.down[name] = down
+            self.up[name] = up
+
+    def delta(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        down = self.down[name]
+        return self.up[name](down(x.to(down.weight.dtype))) * self.scale
 
 
 def fifo_push(
@@ -200,6 +237,18 @@ class CometModel(nn.Module):
         mean = inner.embed_tokens.weight[: min(first, vocab_rows)].detach().float().mean(0)
         self.special_embeddings = nn.Parameter(mean[None].repeat(self.num_special, 1).clone())
         self.memory.float()
+        self._memory_positions: list[torch.Tensor | None] = [None]  # (B, T, 1) float mask while a layer runs
+        self.memory_lora: nn.ModuleList | None = None
+        if config.memory_lora_rank > 0:
+            self.memory_lora = nn.ModuleList()
+            for i, layer in enumerate(inner.layers):
+                linears = self._target_linears(layer, config.memory_lora_targets)
+                lora = MemoryLoRA({n: lin for n, (lin, _) in linears.items()}, config.memory_lora_rank,
+                                  config.memory_lora_alpha, gen)
+                self.memory_lora.append(lora)
+                for name, (_, module) in linears.items():
+                    module.register_forward_hook(self._memory_lora_hook(lora, name))
+            self.memory_lora.float()
         self._adapter_fingerprint: str | None = None
 
     # ---- construction helpers ---------------------------------------------------------------------------------
@@ -216,6 +265,45 @@ class CometModel(nn.Module):
         if ids != list(range(ids[0], ids[0] + len(names))):
             raise ValueError("the tokenizer already holds some CoMeT tokens at non-contiguous ids")
         return ids[0]
+
+    @staticmethod
+    def _target_linears(layer: nn.Module, targets: Sequence[str]) -> dict[str, tuple[nn.Linear, nn.Module]]:
+        """``{target: (its nn.Linear, the module to hook)}`` inside one decoder layer, peft-wrapped or not."""
+        found: dict[str, tuple[nn.Linear, nn.Module]] = {}
+        for name, module in layer.named_modules():
+            short = name.rsplit(".", 1)[-1]
+            if short in targets:
+                lin = getattr(module, "base_layer", module)
+                if isinstance(lin, nn.Linear):
+                    found[short] = (lin, module)
+        missing = [t for t in targets if t not in found]
+        if missing:
+            raise ValueError(f"memory_lora_targets {missing} are not Linear modules of the base's decoder layers")
+        return found
+
+    def _memory_lora_hook(self, lora: MemoryLoRA, name: str) -> Callable[..., torch.Tensor | None]:
+        def hook(module: nn.Module, inputs: tuple[Any, ...], output: torch.Tensor) -> torch.Tensor | None:
+            mask = self._memory_positions[0]
+            if mask is None:
+                return None
+            return output + (lora.delta(name, inputs[0]) * mask).to(output.dtype)
+        return hook
+
+    @contextmanager
+    def memory_positions(self, input_ids: torch.Tensor) -> Iterator[None]:
+        """Run the memory LoRA at the added-token positions of ``input_ids`` inside this block."""
+        if self.memory_lora is None:
+            yield
+            return
+        self._memory_positions[0] = self.is_added_token(input_ids)[..., None].float()
+        try:
+            yield
+        finally:
+            self._memory_positions[0] = None
+
+    def is_added_token(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Where ``input_ids`` holds one of CoMeT's added tokens (slot placeholder, readout, compression)."""
+        return (input_ids >= self.first_special_id) & (input_ids < self.first_special_id + self.num_special)
 
     @staticmethod
     def _check_sliding_window(cfg: Any) -> None:
@@ -289,7 +377,7 @@ class CometModel(nn.Module):
 
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
         """Token embeddings; added tokens read ``special_embeddings``."""
-        is_special = (input_ids >= self.first_special_id) & (input_ids < self.first_special_id + self.num_special)
+        is_special = self.is_added_token(input_ids)
         base_ids = torch.where(is_special, torch.zeros_like(input_ids), input_ids)
         emb = self.inner.embed_tokens(base_ids)
         extra = self.special_embeddings[(input_ids - self.first_special_id).clamp(0, self.num_special - 1)]
@@ -334,15 +422,15 @@ class CometModel(nn.Module):
             src = torch.where(batch.temp_valid[..., None], Q[:, : idx.shape[1]].to(x.dtype), cur)
             x = x.scatter(1, idx, src)
 
-        y = self.inner.layers[layer](
-            x, past_key_values=cache, use_cache=cache is not None, **ctx
-        )
+        with self.memory_positions(batch.input_ids):
+            y = self.inner.layers[layer](x, past_key_values=cache, use_cache=cache is not None, **ctx)
         if isinstance(y, tuple):
             y = y[0]
+        src = x if self.config.memory_source == "input" else y
 
         new_S = S
         if mem.global_net is not None and S is not None and batch.any_readouts:
-            cand = mem.global_net.norm(_gather_rows(y, batch.readout_index).float())
+            cand = mem.global_net.norm(_gather_rows(src, batch.readout_index).float())
             if self.config.gate:
                 g = torch.sigmoid(mem.global_net.gate(torch.cat([cand, S], dim=-1)))
                 upd = torch.where(has_S[:, None, None], g * S + (1 - g) * cand, cand)
@@ -351,7 +439,7 @@ class CometModel(nn.Module):
             new_S = torch.where(batch.has_readouts[:, None, None], upd, S)
         new_Q = Q
         if mem.temp_net is not None and Q is not None and batch.compression_index.shape[1] > 0:
-            comp = _gather_rows(y, batch.compression_index).float()
+            comp = _gather_rows(src, batch.compression_index).float()
             entries = mem.temp_net.adapter(mem.temp_net.norm(comp))
             new_Q, _ = fifo_push(Q, q_len, entries, batch.compression_valid.sum(1))
         return y, new_S, new_Q
@@ -521,10 +609,11 @@ class CometModel(nn.Module):
             "position_ids": position_ids,
             "position_embeddings": self.inner.rotary_emb(hidden, position_ids),
         }
-        for layer in range(self.num_layers):
-            hidden = self.inner.layers[layer](hidden, past_key_values=cache, use_cache=True, **ctx)
-            if isinstance(hidden, tuple):
-                hidden = hidden[0]
+        with self.memory_positions(input_ids):
+            for layer in range(self.num_layers):
+                hidden = self.inner.layers[layer](hidden, past_key_values=cache, use_cache=True, **ctx)
+                if isinstance(hidden, tuple):
+                    hidden = hidden[0]
         return self.logits(hidden)
 
     # ---- persistence ------------------------------------------------------------------------------------------
@@ -533,6 +622,8 @@ class CometModel(nn.Module):
         """Everything the adapter adds to the base: memory nets, added embeddings, LoRA weights."""
         sd = {f"memory.{k}": v for k, v in self.memory.state_dict().items()}
         sd["special_embeddings"] = self.special_embeddings.data
+        if self.memory_lora is not None:
+            sd.update({f"memory_lora.{k}": v for k, v in self.memory_lora.state_dict().items()})
         if self.config.lora_rank > 0:
             from peft import get_peft_model_state_dict
 
@@ -543,6 +634,11 @@ class CometModel(nn.Module):
     def load_adapter_state_dict(self, sd: dict[str, torch.Tensor]) -> None:
         mem = {k[len("memory.") :]: v for k, v in sd.items() if k.startswith("memory.")}
         self.memory.load_state_dict({k: v.float() for k, v in mem.items()}, strict=True)
+        mlora = {k[len("memory_lora.") :]: v.float() for k, v in sd.items() if k.startswith("memory_lora.")}
+        if self.memory_lora is not None:
+            self.memory_lora.load_state_dict(mlora, strict=True)
+        elif mlora:
+            raise ValueError("adapter has memory-LoRA weights but its config has memory_lora_rank 0")
         emb = sd.get("special_embeddings")
         if emb is None or tuple(emb.shape) != tuple(self.special_embeddings.shape):
             raise ValueError("adapter special_embeddings are missing or have the wrong shape")
@@ -637,6 +733,7 @@ class CometModel(nn.Module):
         """Facts for ``comet-agents info`` and logs."""
         n_mem = sum(p.numel() for p in self.memory.parameters())
         n_lora = sum(p.numel() for n, p in self.backbone.named_parameters() if "lora_" in n)
+        n_mlora = sum(p.numel() for p in self.memory_lora.parameters()) if self.memory_lora is not None else 0
         state_bytes = self.new_state().nbytes()
         return {
             "base": self.base_name,
@@ -648,6 +745,7 @@ class CometModel(nn.Module):
             "config": self.config.to_dict(),
             "memory_parameters": n_mem,
             "lora_parameters": n_lora,
+            "memory_lora_parameters": n_mlora,
             "added_embedding_rows": self.num_special,
             "state_bytes_per_session": state_bytes,
             "steady_layout_positions": self.config.steady_layout_len(),

@@ -313,3 +313,70 @@ def test_unsupported_backbone_is_refused() -> None:
     base = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=50))
     with pytest.raises(ValueError, match="supports decoder models of type llama, qwen2, qwen3, mistral"):
         CometModel(base)
+
+
+# ---- where memory is written from, and the memory LoRA -------------------------------------------------------
+
+
+def test_memory_lora_acts_only_at_added_token_positions() -> None:
+    """Text tokens before the first added token see the backbone alone; the first compression token (and every
+    text token after it, which attends to it) sees the memory LoRA."""
+    model = tiny_model("llama")
+    plain = tiny_model("llama")
+    with torch.no_grad():
+        for lora in plain.memory_lora:
+            for lin in lora.up.values():
+                lin.weight.zero_()
+    cfg = model.config
+    toks = tokens(10, seed=5)
+    layouts = sequence_layouts([toks], num_global=cfg.m, fifo_budget=cfg.fifo, stride=cfg.stride,
+                               ids=model.special, last_open=True)
+    batch = [pad_layouts(layouts, model.special.pad)]
+    with torch.no_grad():
+        a = model.forward_train(batch, return_logits=True)["logits"][0][0]
+        b = plain.forward_train(batch, return_logits=True)["logits"][0][0]
+    text = layouts[0].text_index
+    first_comp = layouts[0].compression_index[0]
+    before = [i for i in text if i < first_comp]
+    after = [i for i in text if i > first_comp]
+    assert len(before) == cfg.stride and after
+    torch.testing.assert_close(a[before], b[before], atol=0, rtol=0)
+    assert (a[after] - b[after]).abs().max() > 1e-3
+
+
+def test_decode_steps_equal_prefill_of_the_longer_prompt() -> None:
+    """Greedy decoding (with its [<beacon>, token] steps) picks what a prefill of prompt + answer so far picks:
+    decode steps run compression tokens through the memory LoRA exactly as prefill does."""
+    engine = MemoryEngine(tiny_model("llama"))
+    state = engine.absorb(engine.new_state(), tokens(30, seed=8))
+    prompt = tokens(5, seed=9)
+    out = engine.generate(state, prompt, max_new_tokens=9, stop_ids=[])
+    assert len(out) == 9
+    for k in range(len(out)):
+        assert int(recall_logits(engine, state, prompt + out[:k]).argmax()) == out[k]
+
+
+@pytest.mark.parametrize("source", ["input", "output"])
+def test_layer_major_equals_chunk_major_for_both_memory_sources(source: str) -> None:
+    engine = MemoryEngine(tiny_model("qwen3", memory_source=source))
+    model, cfg = engine.model, engine.config
+    toks = tokens(12 * 4 + 3, seed=11)
+    streamed = engine.absorb(engine.new_state(), toks)
+    layouts = sequence_layouts(split_into_chunks(toks[: 12 * 4], cfg.chunk_size), num_global=cfg.m,
+                               fifo_budget=cfg.fifo, stride=cfg.stride, ids=model.special, last_open=False)
+    with torch.no_grad():
+        out = model.forward_train([pad_layouts([lay], model.special.pad) for lay in layouts])
+    torch.testing.assert_close(out["global_state"], streamed.global_state, atol=ATOL, rtol=1e-4)
+    torch.testing.assert_close(out["fifo"], streamed.fifo, atol=ATOL, rtol=1e-4)
+
+
+def test_memory_source_decides_what_is_written() -> None:
+    """Layer 0 written from its input holds the compression token's embedding: the same for any text."""
+    states = {}
+    for source in ("input", "output"):
+        engine = MemoryEngine(tiny_model("llama", memory_source=source))
+        states[source] = [engine.absorb(engine.new_state(), tokens(12, seed=s)) for s in (1, 2)]
+    inp, outp = states["input"], states["output"]
+    torch.testing.assert_close(inp[0].fifo[0, :, :3], inp[1].fifo[0, :, :3], atol=0, rtol=0)
+    assert (outp[0].fifo[0, :, :3] - outp[1].fifo[0, :, :3]).abs().max() > 1e-3
+    assert (inp[0].fifo[1:] - inp[1].fifo[1:]).abs().max() > 1e-3

@@ -41,6 +41,9 @@ def _perturbed(model: CometModel, seed: int) -> CometModel:
     with torch.no_grad():
         for p in model.memory.parameters():
             p.add_(torch.randn(p.shape, generator=g) * 0.3)
+        if model.memory_lora is not None:
+            for p in model.memory_lora.parameters():
+                p.add_(torch.randn(p.shape, generator=g) * 0.3)
         model.special_embeddings.add_(torch.randn(model.special_embeddings.shape, generator=g))
     model.invalidate_fingerprint()
     return model.eval()

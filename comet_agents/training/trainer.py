@@ -136,6 +136,8 @@ class _MicroBatches(torch.utils.data.Dataset):
 def trainable_groups(model: CometModel, args: TrainArgs) -> list[dict[str, Any]]:
     memory = [p for p in model.memory.parameters()]
     other = [model.special_embeddings] + [p for n, p in model.backbone.named_parameters() if "lora_" in n]
+    if model.memory_lora is not None:
+        other += list(model.memory_lora.parameters())
     for p in memory + other:
         p.requires_grad_(True)
     return [
