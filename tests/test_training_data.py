@@ -40,7 +40,8 @@ def _gen(family: str, seed: int, target: int, **kw) -> Sample:
 
 
 def test_families_registry():
-    assert set(FAMILIES) == {"passkey", "user_behaviour", "agent_trajectory", "conversation"}
+    assert set(FAMILIES) == {"passkey", "passkey_memory", "recall_span", "user_behaviour", "agent_trajectory",
+                             "conversation"}
     from comet_agents.training.data import common
 
     assert common.FAMILIES is FAMILIES
@@ -121,10 +122,14 @@ def test_sixteen_k_sample_is_fast(family):
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_answers_are_short(family):
+    """Exact short answers, except recall_span, whose answers are quoted passages of at most 40 words."""
     for seed in range(20):
         for qa in _gen(family, seed, 1500).qa:
             assert qa.answer.strip() == qa.answer and qa.answer
-            assert len(qa.answer) <= 80 and len(qa.answer.split()) <= 10, qa
+            if family == "recall_span":
+                assert len(qa.answer.split()) <= 40, qa
+            else:
+                assert len(qa.answer) <= 80 and len(qa.answer.split()) <= 10, qa
             assert qa.question.strip() and "{" not in qa.question and "}" not in qa.question
 
 
@@ -453,3 +458,29 @@ def test_grow_stream():
     assert bos(text) >= 300
     with pytest.raises(ValueError):
         grow_stream(lambda r: "z", 0)
+
+
+# ---- recall_span and passkey_memory ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_recall_span_answer_is_the_text_right_after_a_unique_cue(seed: int) -> None:
+    from comet_agents.training.data import recall_span
+
+    s = recall_span.generate(seed, 1200)
+    assert s == recall_span.generate(seed, 1200)
+    cue, answer = s.meta["cue"], s.qa[0].answer
+    assert s.stream.count(cue) == 1 and cue in s.qa[0].question
+    after = s.stream[s.stream.index(cue) + len(cue):]
+    assert after.lstrip().startswith(answer)
+    assert 8 <= len(answer.split()) <= 40
+    assert s.meta["depth"] <= 0.62
+
+
+def test_passkey_memory_keeps_the_key_in_the_first_part_of_the_stream() -> None:
+    from comet_agents.training.data import passkey
+
+    for seed in range(10):
+        s = passkey.generate_in_memory(seed, 3000)
+        assert s.meta["depth"] <= 0.55
+        assert s.stream.index(s.meta["key"]) < 0.62 * len(s.stream)

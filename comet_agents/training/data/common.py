@@ -145,10 +145,12 @@ def _families() -> dict[str, Callable[..., Sample]]:
     global _FAMILIES
     if _FAMILIES is None:
         # Imported lazily: the family modules import this module.
-        from . import agent_trajectory, conversation, passkey, user_behaviour
+        from . import agent_trajectory, conversation, passkey, recall_span, user_behaviour
 
         _FAMILIES = {
             "passkey": passkey.generate,
+            "passkey_memory": passkey.generate_in_memory,
+            "recall_span": recall_span.generate,
             "user_behaviour": user_behaviour.generate,
             "agent_trajectory": agent_trajectory.generate,
             "conversation": conversation.generate,

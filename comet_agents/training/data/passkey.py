@@ -37,6 +37,7 @@ __all__ = [
     "make_key",
     "make_passkey_haystack",
     "generate",
+    "generate_in_memory",
 ]
 
 FAMILY = "passkey"
@@ -354,3 +355,16 @@ def generate(
         "qa_kinds": ["passkey"],
     }
     return Sample(FAMILY, stream, [QA(question, key)], meta)
+
+
+def generate_in_memory(seed: int, target_tokens: int, count_tokens: TokenCounter = approx_tokens) -> Sample:
+    """A pass-key sample with the key in the first 55 % of the stream (family ``passkey_memory``).
+
+    With training's chunk plans (the open chunk holds the last 1/8 to 7/8 of a chunk plus the question) such a
+    key almost always sits in a closed chunk, so the answer must come through memory: the signal training
+    needs, where a uniform depth leaves a third of short samples answerable from the open chunk alone.
+    """
+    rng = make_rng(seed, FAMILY + "-memory")
+    sample = generate(seed, target_tokens, count_tokens, depth=round(rng.random() * 0.55, 3))
+    sample.family = "passkey_memory"
+    return sample
