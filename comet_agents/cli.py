@@ -112,6 +112,9 @@ def train(
     max_minutes: Annotated[Optional[float], typer.Option(help="Stop (and checkpoint) after this long.")] = None,
     num_workers: int = 4,
     gradient_checkpointing: Annotated[bool, typer.Option(help="Recompute activations in backward.")] = True,
+    checkpoint_from_chunks: Annotated[int, typer.Option(
+        help="Recompute activations only for sequences of at least this many chunks (short ones are faster "
+             "without, and fit).")] = 0,
     config_json: Annotated[Optional[str], typer.Option(help="CometConfig fields as JSON.")] = None,
     smoke: Annotated[bool, typer.Option(help="Allow a tiny CPU run (tests).")] = False,
 ) -> None:
@@ -126,7 +129,8 @@ def train(
         curriculum=[(int(a), int(b)) for a, b in (p.split(":") for p in curriculum.split(","))],
         families={a: float(b) for a, b in (p.split(":") for p in families.split(","))},
         lm_weight=lm_weight, seed=seed, save_every=save_every, log_every=log_every, max_minutes=max_minutes,
-        num_workers=num_workers, gradient_checkpointing=gradient_checkpointing, smoke=smoke, comet=json.loads(config_json) if config_json else {},
+        num_workers=num_workers, gradient_checkpointing=gradient_checkpointing,
+        checkpoint_from_chunks=checkpoint_from_chunks, smoke=smoke, comet=json.loads(config_json) if config_json else {},
     )
     result = run_train(args, log=typer.echo)
     typer.echo(json.dumps({k: v for k, v in result.items() if k != "history"}, default=str))

@@ -57,6 +57,7 @@ class TrainArgs:
     max_minutes: float | None = None
     num_workers: int = 4
     gradient_checkpointing: bool = True
+    checkpoint_from_chunks: int = 0
     smoke: bool = False
     comet: dict[str, Any] = field(default_factory=dict)
 
@@ -256,7 +257,8 @@ def train(args: TrainArgs, *, model: CometModel | None = None, sample_fn: Callab
     deadline = t0 + 60 * args.max_minutes if args.max_minutes else None
     for step_of_batch, examples in loader:
         batches, weights = collate(examples, model)
-        out = model.forward_train(batches, loss_weights=weights, gradient_checkpointing=args.gradient_checkpointing)
+        recompute = args.gradient_checkpointing and len(batches) >= args.checkpoint_from_chunks
+        out = model.forward_train(batches, loss_weights=weights, gradient_checkpointing=recompute)
         for ex, sample_loss in zip(examples, out["sample_loss"].tolist()):
             fam_loss.setdefault(ex.family, []).append(sample_loss)
         if out["loss"] is not None:
