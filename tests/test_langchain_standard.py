@@ -29,14 +29,20 @@ _MEMORY: dict[str, ComeTMemory] = {}
 
 @pytest.fixture(scope="module", autouse=True)
 def offline_memory(tmp_path_factory):
-    """One tiny-model session with a few events, shared by the suites; no network for the whole module."""
-    pytest_socket.disable_socket(allow_unix_socket=True)  # asyncio's self-pipe is a Unix socket pair
+    """One tiny-model session with a few events, shared by the suites."""
     url = f"sqlite:///{tmp_path_factory.mktemp('std') / 'std.db'}"
     mem = ComeTMemory("standard", store=url, model=tiny_chat_model(), max_new_tokens=8)
     mem.absorb(["The user's name is Ada.", "Ada lives in Lyon.", "Ada likes green tea.", "The meeting is at 10."])
     _MEMORY["mem"] = mem
     yield mem
     mem.close()
+
+
+@pytest.fixture(autouse=True)
+def no_network():
+    """No network in any test of this module (pytest-socket lifts its restrictions after each test)."""
+    pytest_socket.disable_socket(allow_unix_socket=True)  # asyncio's self-pipe is a Unix socket pair
+    yield
     pytest_socket.enable_socket()
 
 
