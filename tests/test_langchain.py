@@ -209,19 +209,25 @@ def test_a_tool_fact_absorbed_5_chunks_earlier_reaches_the_prompt_while_history_
 @pytest.mark.slow
 @pytest.mark.skipif(not WEIGHTS.exists(), reason="no trained adapter ships yet (comet_agents/weights/comet_adapter.safetensors)")
 def test_default_model_recalls_a_tool_fact_5_chunks_later(tmp_path):
-    """The real thing: the trained default model recalls the code from memory into the prompt."""
+    """The real thing: the trained default model brings a tool's fact, absorbed 5+ chunks earlier, into the prompt."""
     with ComeTMemory("base", store=f"sqlite:///{tmp_path / 'd.db'}") as mem:
+        filler = "The weather report says mild winds and light rain all day. "
+        per_note = mem.model.config.chunk_size // len(mem.engine.encode(filler)) + 1  # a note fills a chunk
         turns = [HumanMessage("Open the vault named Orion.")] + [
-            HumanMessage(f"Note {i}: " + "the weather report says mild winds and light rain all day. " * 40)
-            for i in range(6)
+            HumanMessage(f"Note {i}: " + filler * per_note) for i in range(6)
         ] + [HumanMessage("What is the code of the vault named Orion?")]
         fake = script(call("vault", "v1", name="Orion"), "Opened.", *["Noted."] * 6, "Let me see.")
-        agent = create_agent(fake, [vault], middleware=[ComeTMemoryMiddleware(mem, keep_turns=1)],
-                             checkpointer=InMemorySaver())
+        mw = ComeTMemoryMiddleware(mem, keep_turns=1, max_new_tokens=16)
+        agent = create_agent(fake, [vault], middleware=[mw], checkpointer=InMemorySaver())
         for msg in turns:
             agent.invoke({"messages": [msg]}, thread("v"))
-        assert "4711" in fake.calls[-1][0].text
-        assert all("4711" not in m.text for m in fake.calls[-1][1:])
+            if msg is turns[0]:
+                with ComeTMemory("v", store=mem.store, model=mem.engine, create=False) as m:
+                    chunks_at_fact = m.stats.chunks
+        with ComeTMemory("v", store=mem.store, model=mem.engine, create=False) as m:
+            assert m.stats.chunks - chunks_at_fact >= 5
+        assert all("4711" not in m.text for m in fake.calls[-1][1:])  # not in the agent's own history
+        assert "4711" in fake.calls[-1][0].text  # recalled into the system message
 
 
 def test_keep_turns_drops_old_turns_whole(memory, url, model):
@@ -271,11 +277,31 @@ def test_summarizer_in_summarization_middleware(stand_in, url, model):
     agent = create_agent(fake, [], middleware=[mw], checkpointer=InMemorySaver())
     for i in range(3):
         out = agent.invoke({"messages": [HumanMessage(f"Question {i} about the conversation")]}, thread("s"))
+    _check_summary(out, url, model, "s")
+
+
+def _check_summary(out, url, model, session):
     summary = [m for m in out["messages"] if m.additional_kwargs.get("lc_source") == "summarization"]
     assert summary and STAND_IN in summary[0].text and "[user] Question 0 about the conversation" in summary[0].text
-    stored = texts(url, model, "s")
+    stored = texts(url, model, session)
     assert stored[:2] == ["[user] Question 0 about the conversation\n", "[assistant] Answer 0.\n"]
     assert len(stored) == len(set(stored))  # the previous summary is not absorbed again
+
+
+def test_summarizer_async(stand_in, url, model):
+    fake = script(*[f"Answer {i}." for i in range(4)])
+    mw = SummarizationMiddleware(fake, trigger=("messages", 4), keep=("messages", 2),
+                                 summarizer=ComeTSummarizer(stand_in, question="Summarize the conversation so far."),
+                                 trim_tokens_to_summarize=None)
+    agent = create_agent(fake, [], middleware=[mw], checkpointer=InMemorySaver())
+
+    async def run():
+        for i in range(3):
+            out = await agent.ainvoke({"messages": [HumanMessage(f"Question {i} about the conversation")]},
+                                      thread("sa"))
+        return out
+
+    _check_summary(asyncio.run(run()), url, model, "sa")
 
 
 def test_recall_tool_and_retriever_outside_an_agent(stand_in):

@@ -148,3 +148,23 @@ def test_bad_input(memory):
         ChatComeT(memory="default")
     with pytest.raises(ValueError, match="max_tokens"):
         ChatComeT(memory=memory, max_tokens=0)
+
+
+def test_in_an_agent_the_thread_picks_the_session(memory, tmp_path):
+    from langgraph.checkpoint.memory import InMemorySaver
+
+    chat = ChatComeT(memory=memory, max_tokens=6)
+    agent = create_agent(chat, [], middleware=[ComeTMemoryMiddleware(memory, inject=False)],
+                         checkpointer=InMemorySaver())
+    out = agent.invoke({"messages": [HumanMessage("Hello")]}, {"configurable": {"thread_id": "th-9"}})
+    reply = out["messages"][-1]
+    assert reply.response_metadata["session_id"] == "th-9"
+    with ComeTMemory("th-9", store=memory.store, model=memory.engine, create=False) as thread_memory:
+        # The reply is the chat over the thread's memory (which held the user message then).
+        assert [e.text for e in thread_memory.events()] == ["[user] Hello\n", f"[assistant] {reply.text}\n"]
+    assert memory.stats.events == 0
+
+    async def arun():
+        return await agent.ainvoke({"messages": [HumanMessage("Again")]}, {"configurable": {"thread_id": "th-9"}})
+
+    assert asyncio.run(arun())["messages"][-1].response_metadata["session_id"] == "th-9"

@@ -147,9 +147,9 @@ def to_chat_dicts(messages: Iterable[BaseMessage]) -> list[dict[str, str]]:
     for i, msg in enumerate(messages):
         where = f"message {i} ({type(msg).__name__})"
         text = content_text(msg, media="error", where=where)
-        role = _ROLE.get(msg.type)
-        if role is None:
-            role = getattr(msg, "role", None) if getattr(msg, "role", None) in ev.ROLES else "user"
+        role = getattr(msg, "role", None)  # langchain_core ChatMessage carries its own role
+        if role not in ev.ROLES:
+            role = _ROLE.get(msg.type, "user")
         if isinstance(msg, ToolMessage) and msg.name:
             text = f"[{msg.name}] {text}"
         calls = getattr(msg, "tool_calls", None) or []

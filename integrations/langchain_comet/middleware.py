@@ -13,6 +13,7 @@ The session is the thread (``thread_id``), the tenant comes from the runtime con
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Annotated, Any
 
@@ -83,6 +84,10 @@ class ComeTMemoryMiddleware(AgentMiddleware[ComeTMemoryState, Any, Any]):
         self.max_query_chars = max_query_chars
         self.tools = [create_recall_memory_tool(self.sessions)] if recall_tool else []
 
+    async def _amemory(self, runtime: Any) -> ComeTMemory:
+        # Opening a session reads the store and may replay events: off the event loop.
+        return await asyncio.to_thread(self.sessions.for_runtime, runtime)
+
     # ---- absorbing ------------------------------------------------------------------------------------------
 
     def _pending(self, state: dict[str, Any]) -> tuple[list[Any], list[str]]:
@@ -124,7 +129,7 @@ class ComeTMemoryMiddleware(AgentMiddleware[ComeTMemoryState, Any, Any]):
     async def abefore_model(self, state: ComeTMemoryState, runtime: Any) -> dict[str, Any] | None:
         events, absorbed = self._pending(state)
         if events:
-            await self.sessions.for_runtime(runtime).aabsorb(events)
+            await (await self._amemory(runtime)).aabsorb(events)
         return self._update(state, absorbed, trim=True)
 
     def after_agent(self, state: ComeTMemoryState, runtime: Any) -> dict[str, Any] | None:
@@ -136,7 +141,7 @@ class ComeTMemoryMiddleware(AgentMiddleware[ComeTMemoryState, Any, Any]):
     async def aafter_agent(self, state: ComeTMemoryState, runtime: Any) -> dict[str, Any] | None:
         events, absorbed = self._pending(state)
         if events:
-            await self.sessions.for_runtime(runtime).aabsorb(events)
+            await (await self._amemory(runtime)).aabsorb(events)
         return self._update(state, absorbed, trim=False)
 
     # ---- injecting ------------------------------------------------------------------------------------------
@@ -175,6 +180,6 @@ class ComeTMemoryMiddleware(AgentMiddleware[ComeTMemoryState, Any, Any]):
         question = self.query(request.messages) if self.inject else None
         if question is None:
             return await handler(request)
-        mem = self.sessions.for_runtime(request.runtime)
+        mem = await self._amemory(request.runtime)
         recalled = await mem.arecall(question, max_new_tokens=self.max_new_tokens)
         return await handler(self.with_memory(request, recalled) if recalled.strip() else request)
