@@ -207,7 +207,8 @@ def test_a_tool_fact_absorbed_5_chunks_earlier_reaches_the_prompt_while_history_
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not WEIGHTS.exists(), reason="no trained adapter ships yet (comet_agents/weights/comet_adapter.safetensors)")
+@pytest.mark.skipif(not WEIGHTS.exists(), reason="no trained adapter ships yet (comet_agents/weights/"
+                    "comet_adapter.safetensors)")
 def test_default_model_recalls_a_tool_fact_5_chunks_later(tmp_path):
     """The real thing: the trained default model brings a tool's fact, absorbed 5+ chunks earlier, into the prompt."""
     with ComeTMemory("base", store=f"sqlite:///{tmp_path / 'd.db'}") as mem:
@@ -266,7 +267,7 @@ def test_async_hooks(stand_in, url, model):
     assert "[observation weather id=c1]" in fake.calls[1][0].text
 
 
-# ---------------------------------------------------------------------------------------------- summarizer, tool, retriever
+# -------------------------------------------------------------------------------- summarizer, tool, retriever
 
 
 def test_summarizer_in_summarization_middleware(stand_in, url, model):
@@ -336,7 +337,8 @@ def test_sessions_reuse_and_close(memory):
 def test_unknown_content_block_is_refused_before_anything_is_stored(memory):
     agent = create_agent(script("x"), [], middleware=[ComeTMemoryMiddleware(memory)])
     bad = HumanMessage(content=[{"type": "text", "text": "hi"}, {"type": "hologram", "data": "..."}])
-    with pytest.raises(UnsupportedContentError, match=r"message 0 \(HumanMessage\), block 1: unknown content block 'hologram'"):
+    match = r"message 0 \(HumanMessage\), block 1: unknown content block 'hologram'"
+    with pytest.raises(UnsupportedContentError, match=match):
         agent.invoke({"messages": [bad]})
     assert memory.events() == []
 
@@ -366,7 +368,8 @@ def test_huge_tool_output_is_split_not_dropped(memory, monkeypatch):
     agent = create_agent(script(call("dump", "d1"), "Done."), [dump], middleware=[ComeTMemoryMiddleware(memory)])
     agent.invoke({"messages": [HumanMessage("Dump it")]})
     obs = [e.text for e in memory.events() if e.text.startswith("[observation")]
-    assert len(obs) == 3 and "".join(t.split("] ", 1)[1].rstrip("\n") for t in obs).replace(" ", "") == "0123456789" * 10
+    bodies = [t.split("] ", 1)[1].rstrip("\n") for t in obs]
+    assert len(obs) == 3 and "".join(bodies).replace(" ", "") == "0123456789" * 10
 
 
 def test_bad_arguments(memory):
