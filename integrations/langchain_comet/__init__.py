@@ -9,6 +9,14 @@
 Install with ``pip install "comet-agents[langchain]"``. See docs/langchain.md.
 """
 
+try:
+    import langchain.agents  # noqa: F401
+    import langchain_core  # noqa: F401
+except ModuleNotFoundError as exc:  # pragma: no cover - depends on the environment
+    raise ModuleNotFoundError(
+        f"langchain_comet needs LangChain 1.x ({exc.name} is missing): pip install 'comet-agents[langchain]'"
+    ) from exc
+
 from ._convert import UnsupportedContentError
 from .chat_models import ChatComeT
 from .middleware import ComeTMemoryMiddleware, ComeTMemoryState
