@@ -432,10 +432,7 @@ class DemoBackend:
         mem = self.memory(browser, session_id)
         messages = [{"role": "user", "content": message.strip()}]
         try:
-            if hasattr(mem, "stream_chat"):
-                return mem.stream_chat(messages, max_new_tokens=max_new_tokens)
-            # TODO(feat-core): remove once ComeTMemory.stream_chat is merged; same computation, on a copy.
-            return iter(list(mem.engine.chat_stream(mem.state.clone(), messages, max_new_tokens=max_new_tokens)))
+            return mem.stream_chat(messages, max_new_tokens=max_new_tokens)
         except (ValueError, TypeError) as exc:
             raise DemoError(str(exc)) from None
 
