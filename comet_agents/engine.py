@@ -4,8 +4,15 @@
   only depends on the token stream, never on how it was cut into calls.
 * ``absorb_many`` does the same for many sessions at once, batching the sessions that have a chunk ready
   (they may sit at different FIFO fill levels and first-chunk states; the layout batch handles both).
-* ``generate`` runs the pending tail plus the prompt as the open last chunk with a KV cache and decodes
-  greedily; positions continue from the chunk's layout.
+* ``generate_stream`` runs the pending tail plus the prompt as the open last chunk with a KV cache and decodes
+  greedily, yielding token ids one at a time; positions continue from the chunk's layout. ``generate`` is
+  the list of what it yields.
+* ``chat`` / ``chat_stream`` answer a list of chat messages (rendered with the base tokenizer's chat
+  template), the entry point of the framework integrations; ``recall`` answers one question.
+
+Answering reads the state and never writes it. The open chunk's positions are local to it, so the pending
+tail, the prompt and the answer together must fit the base model's positions (``max_context_positions``);
+a prompt that cannot fit is refused before any computation, with the numbers.
 
 Compression tokens while generating: the open chunk follows the training layout exactly. A compression token
 follows each complete group of ``s`` text tokens once the next text token arrives, counting text tokens only
@@ -19,12 +26,13 @@ does not depend on how much was absorbed.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
 
-from .layout import LayoutBatch, build_chunk_layout, pad_layouts
+from .events import ROLES
+from .layout import LayoutBatch, build_chunk_layout, compression_after, pad_layouts
 from .modeling import CometModel
 from .state import MemoryState
 
@@ -42,6 +50,69 @@ def chat_question(tokenizer: Any, question: str) -> str:
             [{"role": "user", "content": question}], tokenize=False, add_generation_prompt=True
         )
     return f"Question: {question}\nAnswer:"
+
+
+def check_messages(messages: Any) -> list[dict[str, str]]:
+    """Validate chat messages into ``[{"role": ..., "content": ...}]`` (other keys are dropped).
+
+    A role is one of :data:`comet_agents.events.ROLES`; the content is a string. Raises ValueError or TypeError
+    naming the bad message.
+    """
+    if isinstance(messages, (str, bytes, Mapping)) or not isinstance(messages, Iterable):
+        raise TypeError(f"messages must be a list of {{'role', 'content'}} dicts, got {type(messages).__name__}")
+    out = []
+    for i, msg in enumerate(messages):
+        if not isinstance(msg, Mapping):
+            raise TypeError(f"message {i} must be a dict with 'role' and 'content', got {type(msg).__name__}")
+        missing = [k for k in ("role", "content") if k not in msg]
+        if missing:
+            raise ValueError(f"message {i} has no {' and no '.join(map(repr, missing))}")
+        role, content = msg["role"], msg["content"]
+        if role not in ROLES:
+            raise ValueError(f"message {i}: role {role!r} is not one of {', '.join(ROLES)}")
+        if not isinstance(content, str):
+            raise TypeError(f"message {i}: content must be a string, got {type(content).__name__}")
+        out.append({"role": role, "content": content})
+    if not out:
+        raise ValueError("messages is empty: give at least one message")
+    return out
+
+
+def render_chat(tokenizer: Any, messages: Any, *, add_generation_prompt: bool = True) -> str:
+    """Chat messages as text in the base model's chat template (validated by :func:`check_messages`).
+
+    A tokenizer without a template gets a plain ``Role: content`` line per message, then ``Assistant:``.
+    """
+    messages = check_messages(messages)
+    if getattr(tokenizer, "chat_template", None):
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+    text = "".join(f"{m['role'].capitalize()}: {m['content']}\n" for m in messages)
+    return text + ("Assistant:" if add_generation_prompt else "")
+
+
+def stream_text(tokenizer: Any, token_ids: Iterable[int]) -> Iterator[str]:
+    """Decode ``token_ids`` incrementally into text pieces whose concatenation is the stripped full decode.
+
+    The generated tokens so far are re-decoded after each token: a piece is emitted only once the text no
+    longer ends in an incomplete character (U+FFFD, as byte-level tokenizers decode a partial UTF-8
+    sequence), so multi-byte characters are never split. Leading whitespace is dropped and trailing whitespace
+    held back until more text follows, so ``"".join(pieces)`` equals ``decode(ids).strip()``, what the
+    non-streaming calls return.
+    """
+    ids: list[int] = []
+    sent = ""
+    for token in token_ids:
+        ids.append(token)
+        text = tokenizer.decode(ids, skip_special_tokens=True)
+        if text.endswith("\ufffd"):
+            continue
+        ready = text.strip()
+        if len(ready) > len(sent) and ready.startswith(sent):
+            yield ready[len(sent) :]
+            sent = ready
+    final = tokenizer.decode(ids, skip_special_tokens=True).strip()
+    if final != sent and final.startswith(sent):
+        yield final[len(sent) :]
 
 
 class MemoryEngine:
@@ -65,6 +136,18 @@ class MemoryEngine:
 
     def encode(self, text: str) -> list[int]:
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def count_tokens(self, text: str) -> int:
+        """How many tokens ``text`` takes (as absorbed or asked: no special tokens added)."""
+        return len(self.encode(text))
+
+    @property
+    def max_context_positions(self) -> int | None:
+        """The base model's positions (``max_position_embeddings``), or None when its config does not say.
+
+        The open chunk (memory slots + pending tail + prompt + answer, with compression tokens) must fit.
+        """
+        return int(getattr(self.model.inner.config, "max_position_embeddings", 0) or 0) or None
 
     # ---- absorbing --------------------------------------------------------------------------------------------
 
@@ -163,31 +246,75 @@ class MemoryEngine:
         layout = self.chunk_layout(state, 0, text, closed=False)
         return pad_layouts([layout], self.model.special.pad), len(layout), len(text)
 
-    @torch.no_grad()
-    def generate(
+    def check_fits(self, state: MemoryState, n_text: int, max_new_tokens: int) -> None:
+        """Raise ValueError when an open chunk of ``n_text`` text tokens plus the answer exceeds the positions.
+
+        Counts the memory slots, the text, the ``max_new_tokens`` answer tokens and the compression tokens the
+        open-chunk rule places between them.
+        """
+        limit = self.max_context_positions
+        if limit is None:
+            return
+        cfg = self.config
+        slots = (cfg.m if bool(state.has_global[0]) else 0) + int(state.fifo_len[0])
+        total = n_text + max_new_tokens
+        beacons = sum(compression_after(total, cfg.stride, closed=False))
+        need = slots + total + beacons
+        if need > limit:
+            pending = len(state.pending[0])
+            raise ValueError(
+                f"the prompt does not fit the base model: the open chunk needs {need:,} positions (memory slots "
+                f"{slots} + pending tail {pending} + prompt {n_text - pending:,} + max_new_tokens "
+                f"{max_new_tokens:,} + compression tokens {beacons:,}) but the base model has {limit:,} "
+                "(max_position_embeddings); shorten the prompt or lower max_new_tokens"
+            )
+
+    def generate_stream(
         self,
         state: MemoryState,
         prompt_ids: Sequence[int],
         *,
         max_new_tokens: int = 64,
         stop_ids: Sequence[int] | None = None,
-    ) -> list[int]:
-        """Greedy answer tokens for ``prompt_ids`` given the memory in ``state`` (which is not modified)."""
+    ) -> Iterator[int]:
+        """Greedy answer tokens for ``prompt_ids`` given the memory in ``state``, yielded one at a time.
+
+        The input is checked now (a bad prompt raises here, not on the first ``next``); the forward passes
+        run as the iterator is consumed. ``state`` is never modified, but it is read on the first ``next``:
+        do not absorb into it before then (or pass ``state.clone()``). Stops at a stop token (not yielded)
+        or after ``max_new_tokens`` tokens.
+        """
         if state.batch_size != 1:
             raise ValueError("generate takes a single-session state")
+        if max_new_tokens < 0:
+            raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
         self.model.check_state(state)
-        stride = self.config.stride
-        batch, next_pos, n_text = self.open_chunk(state, prompt_ids)
-        logits, cache = self.model.prefill_open_chunk(state, batch)
+        prompt = [int(t) for t in prompt_ids]
+        vocab = self.model.first_special_id
+        bad = [t for t in prompt if not 0 <= t < vocab]
+        if bad:
+            raise ValueError(f"the prompt holds ids outside the text vocabulary [0, {vocab}): {bad[:5]}")
+        batch, next_pos, n_text = self.open_chunk(state, prompt)
+        self.check_fits(state, n_text, max_new_tokens)
         stops = set(stop_ids if stop_ids is not None else self.default_stop_ids())
-        out: list[int] = []
-        for _ in range(max_new_tokens):
+        return self._decode(state, batch, next_pos, n_text, max_new_tokens, stops)
+
+    @torch.no_grad()
+    def _decode(
+        self, state: MemoryState, batch: LayoutBatch, next_pos: int, n_text: int, max_new_tokens: int, stops: set[int]
+    ) -> Iterator[int]:
+        """Prefill the open chunk, then decode greedily (the loop of :meth:`generate_stream`)."""
+        stride = self.config.stride
+        logits, cache = self.model.prefill_open_chunk(state, batch)
+        for step in range(max_new_tokens):
             token = int(logits[0].argmax())
             if token in stops:
-                break
-            out.append(token)
-            if len(out) == max_new_tokens:
-                break
+                return
+            yield token
+            if step == max_new_tokens - 1:
+                return  # the last token is never fed
+            # A compression token follows each complete group of ``stride`` text tokens once the next text
+            # token arrives: feed [<beacon>, token] as one step and keep the logits of ``token``.
             feed = [token]
             if stride and n_text % stride == 0:
                 feed = [self.model.special.compression, token]
@@ -197,7 +324,17 @@ class MemoryEngine:
             logits = self.model.decode_step(cache, ids, pos, past)[:, -1]
             next_pos += len(feed)
             n_text += 1
-        return out
+
+    def generate(
+        self,
+        state: MemoryState,
+        prompt_ids: Sequence[int],
+        *,
+        max_new_tokens: int = 64,
+        stop_ids: Sequence[int] | None = None,
+    ) -> list[int]:
+        """Greedy answer tokens for ``prompt_ids`` given the memory in ``state`` (which is not modified)."""
+        return list(self.generate_stream(state, prompt_ids, max_new_tokens=max_new_tokens, stop_ids=stop_ids))
 
     def default_stop_ids(self) -> list[int]:
         tok = self.model.tokenizer
@@ -210,10 +347,45 @@ class MemoryEngine:
             stops.add(im_end)
         return sorted(s for s in stops if s is not None)
 
+    def _prompt_ids(self, text: str) -> list[int]:
+        """Token ids of a rendered prompt; text that spells a reserved CoMeT token is refused."""
+        ids = self.encode(text)
+        bad = sorted({t for t in ids if t >= self.model.first_special_id})
+        if bad:
+            names = ", ".join(map(repr, self.tokenizer.convert_ids_to_tokens(bad[:5])))
+            raise ValueError(f"the prompt contains the reserved CoMeT token(s) {names}, which only CoMeT may place")
+        return ids
+
+    def _answer(self, state: MemoryState, prompt: str, max_new_tokens: int) -> str:
+        """The greedy answer to a rendered prompt, decoded and stripped (what :func:`stream_text` joins to)."""
+        out = self.generate(state, self._prompt_ids(prompt), max_new_tokens=max_new_tokens)
+        return self.tokenizer.decode(out, skip_special_tokens=True).strip()
+
     def recall(self, state: MemoryState, question: str, *, max_new_tokens: int = 64) -> str:
         """Answer ``question`` from memory (the absorbed stream and the pending tail)."""
         if not question or not question.strip():
             raise ValueError("the question is empty")
-        prompt = self.encode(chat_question(self.tokenizer, question))
-        out = self.generate(state, prompt, max_new_tokens=max_new_tokens)
-        return self.tokenizer.decode(out, skip_special_tokens=True).strip()
+        return self._answer(state, chat_question(self.tokenizer, question), max_new_tokens)
+
+    def chat_prompt(self, messages: Sequence[Mapping[str, str]], *, add_generation_prompt: bool = True) -> str:
+        """``messages`` (``[{"role": ..., "content": ...}]``) rendered with the base tokenizer's chat template,
+        ending with the assistant's turn (see :func:`render_chat`)."""
+        return render_chat(self.tokenizer, messages, add_generation_prompt=add_generation_prompt)
+
+    def chat(self, state: MemoryState, messages: Sequence[Mapping[str, str]], *, max_new_tokens: int = 64) -> str:
+        """The assistant's next message after ``messages``, answered from memory plus the messages.
+
+        ``state`` is not modified: the messages are read in the open chunk, not absorbed.
+        """
+        return self._answer(state, self.chat_prompt(messages), max_new_tokens)
+
+    def chat_stream(
+        self, state: MemoryState, messages: Sequence[Mapping[str, str]], *, max_new_tokens: int = 64
+    ) -> Iterator[str]:
+        """:meth:`chat` as text pieces, yielded as they are decoded; ``"".join`` of them equals :meth:`chat`.
+
+        Bad messages and prompts that do not fit raise here; the state is read on the first ``next`` (see
+        :meth:`generate_stream`).
+        """
+        prompt = self._prompt_ids(self.chat_prompt(messages))
+        return stream_text(self.tokenizer, self.generate_stream(state, prompt, max_new_tokens=max_new_tokens))

@@ -94,16 +94,19 @@ class MemoryState:
         tensors = (self.global_state, self.has_global, self.fifo, self.fifo_len, self.tokens_absorbed, self.chunks)
         return sum(t.numel() * t.element_size() for t in tensors) + 8 * sum(len(p) for p in self.pending)
 
-    def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> "MemoryState":
-        """A copy on ``device`` with the FIFO in ``dtype`` (S always stays float32)."""
+    def to(self, device: torch.device | str, dtype: torch.dtype | None = None, *, copy: bool = False) -> "MemoryState":
+        """This state on ``device`` with the FIFO in ``dtype`` (S always stays float32).
+
+        Tensors already on ``device`` (in ``dtype``) are shared with this state unless ``copy=True``.
+        """
         return MemoryState(
-            global_state=self.global_state.to(device),
-            has_global=self.has_global.to(device),
-            fifo=self.fifo.to(device=device, dtype=dtype or self.fifo.dtype),
-            fifo_len=self.fifo_len.to(device),
+            global_state=self.global_state.to(device, copy=copy),
+            has_global=self.has_global.to(device, copy=copy),
+            fifo=self.fifo.to(device=device, dtype=dtype or self.fifo.dtype, copy=copy),
+            fifo_len=self.fifo_len.to(device, copy=copy),
             pending=[list(p) for p in self.pending],
-            tokens_absorbed=self.tokens_absorbed.to(device),
-            chunks=self.chunks.to(device),
+            tokens_absorbed=self.tokens_absorbed.to(device, copy=copy),
+            chunks=self.chunks.to(device, copy=copy),
             config_fingerprint=self.config_fingerprint,
             base_fingerprint=self.base_fingerprint,
             adapter_fingerprint=self.adapter_fingerprint,
@@ -111,7 +114,8 @@ class MemoryState:
         )
 
     def clone(self) -> "MemoryState":
-        return self.to(self.device)
+        """A deep copy: new tensors, so absorbing into either state never changes the other."""
+        return self.to(self.device, copy=True)
 
     # ---- batching -------------------------------------------------------------------------------------------
 
