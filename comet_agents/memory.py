@@ -512,19 +512,7 @@ class ComeTMemory:
         rows, tokens = self._prepare(_as_events(events))
         with self._lock:
             self._ensure_state()
-            attempt = 0
-            while True:
-                try:
-                    ids, info = self.store.append_events(self.tenant, self.session_id, rows,
-                                                         expect_version=self._seen_version)
-                    break
-                except ConflictError:
-                    if attempt >= self.max_retries:
-                        raise
-                    attempt += 1
-                    self.conflicts_retried += 1
-                    time.sleep(random.uniform(0, 0.005 * attempt))
-                    self.refresh()
+            ids, info = self._append(rows)
             # The events are durable now; the state follows.
             try:
                 self._absorb_tokens(self._state, tokens)
@@ -532,11 +520,31 @@ class ComeTMemory:
                 self._state = None  # rebuilt from the log on next use
                 exc.add_note(f"events {ids[0]}..{ids[-1]} were stored; the memory state is rebuilt on next use")
                 raise
-            self._events += len(ids)
-            self._last_seq = ids[-1]
-            self._seen_version = info.version
-            self._maybe_auto_snapshot()
+            self._acknowledge(ids, info)
         return ids
+
+    def _append(self, rows: list[NewEvent]) -> tuple[list[int], SessionInfo]:
+        """Append prepared events to the log under the optimistic version check, catching up with other
+        writers and retrying on conflict (``max_retries`` times). Call with the session lock held and the
+        state loaded; the state is not updated with ``rows`` (see :meth:`_acknowledge`)."""
+        attempt = 0
+        while True:
+            try:
+                return self.store.append_events(self.tenant, self.session_id, rows, expect_version=self._seen_version)
+            except ConflictError:
+                if attempt >= self.max_retries:
+                    raise
+                attempt += 1
+                self.conflicts_retried += 1
+                time.sleep(random.uniform(0, 0.005 * attempt))
+                self.refresh()
+
+    def _acknowledge(self, ids: list[int], info: SessionInfo) -> None:
+        """Record that events ``ids`` (appended as ``info`` says) are now in the state; maybe snapshot."""
+        self._events += len(ids)
+        self._last_seq = ids[-1]
+        self._seen_version = info.version
+        self._maybe_auto_snapshot()
 
     def absorb_jsonl(self, data: bytes | str | Iterable[str | bytes]) -> list[int]:
         """Absorb JSON Lines events (one event dict per line). The whole input is validated first."""
