@@ -19,6 +19,10 @@ intent depends on what the caller saw) and raises ConflictError after refreshing
 one session are serialised by a lock shared by every ComeTMemory of that session; calls on one model by a
 per-model lock. The ``a*`` coroutines run the same code in a worker thread.
 
+Answering (``recall``, ``chat``, ``stream_chat``) reads the state and never writes it. A stream reads a copy
+taken when it starts and holds the model lock one decoding step at a time, so absorbs run between its steps
+and do not change its answer.
+
 Sessions are not batched across each other when absorbing: the batched engine path pads chunks, and padded
 batches are not bit-identical to single-session runs, which replay relies on.
 """
@@ -33,7 +37,7 @@ import random
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -67,6 +71,7 @@ __all__ = ["ComeTMemory", "CoMeTMemory", "MemoryStats", "shared_engine", "state_
 T = TypeVar("T")
 
 EventsLike = Any  # str | bytes | Event | Mapping | Iterable of those
+Messages = Sequence[Mapping[str, str]]  # [{"role": ..., "content": ...}], see engine.check_messages
 
 
 # ----------------------------------------------------------------------------------------------- digests
@@ -652,6 +657,53 @@ class ComeTMemory:
             with self._shared.lock:
                 return self.engine.recall(state, question, max_new_tokens=max_new_tokens or self.max_new_tokens)
 
+    def chat(self, messages: Messages, *, max_new_tokens: int | None = None, refresh: bool = True) -> str:
+        """The assistant's reply to chat ``messages`` (``[{"role": ..., "content": ...}]``), answered from
+        memory plus the messages, which are read, not absorbed (absorb them to remember them).
+
+        Catches up with other writers first unless ``refresh=False``. Messages are checked by
+        :func:`comet_agents.engine.check_messages`; a prompt longer than the base model's positions is refused
+        (:meth:`MemoryEngine.check_fits <comet_agents.engine.MemoryEngine.check_fits>`).
+        """
+        with self._lock:
+            if refresh:
+                self.refresh()
+            state = self._ensure_state()
+            with self._shared.lock:
+                return self.engine.chat(state, messages, max_new_tokens=self._answer_length(max_new_tokens))
+
+    def stream_chat(
+        self, messages: Messages, *, max_new_tokens: int | None = None, refresh: bool = True
+    ) -> Iterator[str]:
+        """:meth:`chat` as text pieces, yielded as they are decoded (``"".join`` of them equals :meth:`chat`).
+
+        The stream answers from a copy of the state taken now, and holds the model lock one decoding step at a
+        time: absorbs into this or any session run between its steps, without waiting for the stream, and do
+        not change its answer. Bad messages raise here, not on the first ``next``.
+        """
+        with self._lock:
+            if refresh:
+                self.refresh()
+            state = self._ensure_state().clone()
+        pieces = self.engine.chat_stream(state, messages, max_new_tokens=self._answer_length(max_new_tokens))
+        return self._model_locked(pieces)
+
+    def _model_locked(self, pieces: Iterator[str]) -> Iterator[str]:
+        """Advance ``pieces`` under the model lock, releasing it between pieces."""
+        while True:
+            with self._shared.lock:
+                piece = next(pieces, None)
+            if piece is None:
+                return
+            yield piece
+
+    def _answer_length(self, max_new_tokens: int | None) -> int:
+        return self.max_new_tokens if max_new_tokens is None else max_new_tokens
+
+    def count_tokens(self, text: str) -> int:
+        """How many tokens of the model ``text`` takes (as absorbed, or as part of a prompt)."""
+        return self.engine.count_tokens(text)
+
     # ---- time travel -----------------------------------------------------------------------------------------------
 
     def restore(self, version: int) -> None:
@@ -776,6 +828,21 @@ class ComeTMemory:
 
     async def arecall(self, question: str, **kwargs: Any) -> str:
         return await self._run(self.recall, question, **kwargs)
+
+    async def achat(self, messages: Messages, **kwargs: Any) -> str:
+        return await self._run(self.chat, messages, **kwargs)
+
+    async def astream_chat(self, messages: Messages, **kwargs: Any) -> AsyncIterator[str]:
+        """:meth:`stream_chat` as an async generator: each decoding step runs in a worker thread."""
+        pieces = await self._run(self.stream_chat, messages, **kwargs)  # copy taken in order with other a* calls
+        try:
+            while (piece := await asyncio.to_thread(next, pieces, None)) is not None:
+                yield piece
+        finally:
+            try:
+                pieces.close()
+            except ValueError:  # cancelled mid-step: the worker thread finishes that step, then it is collected
+                pass
 
     async def asnapshot(self) -> int:
         return await self._run(self.snapshot)

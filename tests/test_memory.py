@@ -1,9 +1,10 @@
 """ComeTMemory on a tiny random Llama with a character tokenizer: durability, bit-exact replay, time travel,
-forget, tenants, bad input, conflicts, async. Key tests run on SQLite, PostgreSQL and MariaDB."""
+forget, tenants, bad input, conflicts, async, chat. Key tests run on SQLite, PostgreSQL and MariaDB."""
 
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 
 import pytest
@@ -39,6 +40,7 @@ EVENTS = [
      "attributes": {"price": 59.9, "size": 42}, "timestamp": "2026-03-01T10:22:00"},
 ]
 Q = "Where does the user live?"
+CHAT = [{"role": "system", "content": "Answer from memory."}, {"role": "user", "content": Q}]
 
 
 @pytest.fixture(scope="module")
@@ -467,6 +469,78 @@ def test_async_variants_keep_the_event_loop_responsive(store: Store, model) -> N
     assert isinstance(answer, str) and order == [[2], [3], [4], [5], [6]]  # calls on one session keep their order
     assert [h.version for h in history] == [1] and fork.session_id == "s2" and result.forgotten == [1]
     assert mem.closed
+
+
+# ---- chat ---------------------------------------------------------------------------------------------------------
+
+
+def test_chat_and_stream_chat_answer_from_memory_and_change_nothing(store: Store, model) -> None:
+    mem = ComeTMemory("s", store=store, model=model, snapshot_every=None)
+    mem.absorb(EVENTS)
+    digest, before = state_digest(mem.state), dump(store)
+    answer = mem.chat(CHAT, max_new_tokens=24)
+    assert answer and answer == mem.engine.chat(mem.state, CHAT, max_new_tokens=24)
+    assert "".join(mem.stream_chat(CHAT, max_new_tokens=24)) == answer
+    assert mem.chat(CHAT) == mem.chat(CHAT, max_new_tokens=mem.max_new_tokens)
+    assert mem.chat([{"role": "user", "content": Q}], max_new_tokens=8) == mem.recall(Q, max_new_tokens=8)
+    assert mem.count_tokens("hello") == 5 and mem.count_tokens(ev.render(EVENTS[1])) == mem.events()[1].n_tokens
+    assert state_digest(mem.state) == digest and dump(store) == before  # read, never absorbed or stored
+    with pytest.raises(ValueError, match="role 'wizard' is not one of"):
+        mem.chat([{"role": "wizard", "content": "hi"}])
+    with pytest.raises(ValueError, match="messages is empty"):
+        mem.stream_chat([])  # raised at the call
+    with pytest.raises(ValueError, match="does not fit the base model"):
+        mem.stream_chat([{"role": "user", "content": "x" * 1000}])
+
+
+def test_a_stream_reads_a_copy_so_absorbs_neither_wait_nor_change_its_answer(store: Store, model) -> None:
+    mem = ComeTMemory("s", store=store, model=model, snapshot_every=None)
+    mem.absorb(EVENTS)
+    expected = mem.chat(CHAT, max_new_tokens=30)
+    stream = mem.stream_chat(CHAT, max_new_tokens=30)
+    first, before = next(stream), state_digest(mem.state)
+    mem.absorb("The user moved to Paris last week. " * 3)  # same thread, mid-stream: no lock is held
+    other = ComeTMemory("t", store=store, model=model)
+    worker = threading.Thread(target=lambda: (mem.absorb("From a thread."), other.absorb(EVENTS)))
+    worker.start()
+    worker.join(timeout=60)
+    assert not worker.is_alive()
+    assert state_digest(mem.state) != before
+    assert first + "".join(stream) == expected
+    assert mem.chat(CHAT, max_new_tokens=30) == mem.engine.chat(mem.state, CHAT, max_new_tokens=30)
+
+
+def test_achat_and_astream_chat_keep_the_event_loop_running(store: Store, model) -> None:
+    mem = ComeTMemory("s", store=store, model=model, snapshot_every=None)
+    mem.absorb(EVENTS)
+    expected = mem.chat(CHAT, max_new_tokens=60)
+
+    async def main():
+        ticks = 0
+        done = False
+
+        async def ticker():
+            nonlocal ticks
+            while not done:
+                ticks += 1
+                await asyncio.sleep(0.001)
+
+        t = asyncio.create_task(ticker())
+        answer = await mem.achat(CHAT, max_new_tokens=60)
+        pieces, seen = [], []
+        async for piece in mem.astream_chat(CHAT, max_new_tokens=60):
+            pieces.append(piece)
+            seen.append(ticks)
+        async for piece in mem.astream_chat(CHAT, max_new_tokens=60):
+            break  # closing a stream early releases everything
+        again = await asyncio.wait_for(mem.achat(CHAT, max_new_tokens=60), timeout=60)
+        done = True
+        await t
+        return answer, pieces, seen, again
+
+    answer, pieces, seen, again = asyncio.run(main())
+    assert answer == expected == "".join(pieces) == again and len(pieces) > 1
+    assert seen[-1] > seen[0]  # the loop ran other tasks while the stream decoded
 
 
 # ---- the real model ----------------------------------------------------------------------------------------------
