@@ -19,6 +19,7 @@ from llama_index.core.bridge.pydantic import ConfigDict, Field, PrivateAttr
 from llama_index.core.memory import BaseMemory
 from llama_index.core.memory.memory import BaseMemoryBlock
 
+from comet_agents.events import render
 from comet_agents.memory import ComeTMemory
 
 from .messages import CHAT_KINDS, CometTokenizer, comet_tokenizer, messages_from_records, to_events
@@ -146,8 +147,6 @@ class ComeTChatMemory(BaseMemory):
             if self._seen is None or ids[0] != self._seen[0] + 1:
                 self._seen = None  # someone else wrote meanwhile: rebuild from the log on next use
                 return
-            from comet_agents.events import render
-
             encode = self.memory.engine.encode
             it = iter(ids)
             for message, events in zip(messages, per_message):

@@ -52,14 +52,14 @@ def comet_tokenizer(source: Any) -> CometTokenizer:
     ``source`` is a :class:`~comet_agents.ComeTMemory`, a :class:`MemoryEngine`, a :class:`CometModel` or
     anything with an ``engine`` / ``memory`` attribute leading to one (``ComeTLLM``, ``ComeTChatMemory``).
     """
-    for attr in ("memory", "engine"):
-        inner = getattr(source, attr, None)
-        if inner is not None and not isinstance(source, MemoryEngine):
-            return comet_tokenizer(inner)
     if isinstance(source, MemoryEngine):
         return CometTokenizer(source)
     if isinstance(source, CometModel):
         return CometTokenizer(MemoryEngine(source))
+    for attr in ("engine", "memory"):  # ComeTMemory.engine; ComeTChatMemory.memory, ComeTLLM.memory
+        inner = getattr(source, attr, None)
+        if inner is not None:
+            return comet_tokenizer(inner)
     raise TypeError(f"cannot find a CoMeT tokenizer in {type(source).__name__}")
 
 
