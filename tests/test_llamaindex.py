@@ -411,15 +411,36 @@ def test_persistence_across_a_process_restart(url, model) -> None:
 
 
 def test_a_session_written_through_langchain_is_read_through_llamaindex(url, model) -> None:
-    lc = pytest.importorskip("langchain_comet", reason="the LangChain integration (feat-lc) is not merged yet")
-    messages = pytest.importorskip("langchain_core.messages")
-    writer = getattr(lc, "ComeTChatMessageHistory", None)
-    if writer is None:
-        pytest.skip("langchain_comet has no ComeTChatMessageHistory to write a session with")
-    history = writer(memory=ComeTMemory("alice", store=url, model=model))
-    history.add_messages([messages.HumanMessage(FACT), messages.AIMessage("Noted.")])
+    pytest.importorskip("langchain_comet", reason="the LangChain integration (feat-lc) is not merged")
+    from langchain.agents import create_agent
+    from langchain_comet import ComeTMemoryMiddleware
+    from langchain_core.messages import HumanMessage
+    from langchain_core.tools import tool
+    from lc_helpers import call, script
+
+    @tool
+    def weather(city: str) -> str:
+        """The weather in a city."""
+        return f"In {city} it is 21 C and sunny."
+
+    written = ComeTMemory("alice", store=url, model=model)
+    fake = script(call("weather", "c1", city="Lyon"), "Sunny in Lyon.")
+    agent = create_agent(fake, [weather], middleware=[ComeTMemoryMiddleware(written)])
+    agent.invoke({"messages": [HumanMessage(FACT)]})
+    # Read through LlamaIndex: the same session, the same history, tool pairs included.
     cm = chat_memory(url, model)
-    assert [(m.role.value, m.content) for m in cm.get_all()] == [("user", FACT), ("assistant", "Noted.")]
+    got = cm.get_all()
+    assert [(m.role.value, m.content) for m in got] == [
+        ("user", FACT), ("assistant", None), ("tool", "In Lyon it is 21 C and sunny."), ("assistant", "Sunny in Lyon.")]
+    block = got[1].blocks[0]
+    assert isinstance(block, ToolCallBlock) and (block.tool_call_id, block.tool_name, block.tool_kwargs) == (
+        "c1", "weather", {"city": "Lyon"})
+    assert got[2].additional_kwargs == {"tool_call_id": "c1", "name": "weather"}
+    assert state_digest(cm.memory.state) == state_digest(written.state)
+    # And LlamaIndex goes on writing the session LangChain started.
+    SimpleChatEngine.from_defaults(memory=cm, llm=MockLLM(max_tokens=1)).chat("Thanks.")
+    written.refresh()
+    assert [e.text for e in written.events()][-2:] == ["[user] Thanks.\n", "[assistant] text\n"]
 
 
 # ---- the default model -----------------------------------------------------------------------------------------------
