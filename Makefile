@@ -44,10 +44,10 @@ $(STAMP): pyproject.toml Makefile
 test: venv
 	$(VPY) -m pytest -q $(PYTEST_ARGS)
 
-# For now the demo is the CLI pass-key demo (the CLI is being written).
-# TODO: replace with the Gradio demo (extra "demo") once it lands; then `make demo` launches that instead.
+# The Gradio demo at http://127.0.0.1:7860 (gradio comes with the dev extra; DEMO_ARGS="--port 8000 ...").
+DEMO_ARGS ?=
 demo: venv
-	$(VENV)/bin/comet-agents passkey --tokens 2000
+	$(VENV)/bin/comet-agents demo $(DEMO_ARGS)
 
 # mkdocs and mkdocs-material come with the dev extra; nothing else is installed for the docs.
 docs: venv

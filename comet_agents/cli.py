@@ -280,9 +280,40 @@ def bench_absorb_cmd(
 
 
 @app.command()
-def demo() -> None:
-    """Run the demo (for now the pass-key demo; the Gradio app replaces it)."""
-    passkey(tokens=2000, depth=0.5, key=None, filler="classic", model="default", device=None)
+def demo(
+    host: Annotated[str, typer.Option(help="Interface to bind (0.0.0.0 serves the whole network).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port (0 picks a free one).")] = 7860,
+    share: Annotated[bool, typer.Option(help="Also open a public Gradio share link (needs internet).")] = False,
+    model: ModelOpt = "default",
+    device: DeviceOpt = None,
+    store: Annotated[Optional[str], typer.Option(
+        "--store", help="SQLAlchemy URL of the store (default: $COMET_AGENTS_STORE, else the user data "
+                        "directory's SQLite file).")] = None,
+    tenant: Annotated[str, typer.Option(help="Tenant of the demo's sessions.")] = "demo",
+    show_all_sessions: Annotated[bool, typer.Option(
+        help="List every session of the tenant in every browser (default: each browser sees its own).")] = False,
+    max_upload_mb: Annotated[float, typer.Option(help="Largest accepted upload, in MB.")] = 10.0,
+    threads: Annotated[Optional[int], typer.Option(help="CPU threads for torch (default: torch's choice).")] = None,
+) -> None:
+    """Serve the Gradio web demo (chat, event streams, pass key, sessions) at http://HOST:PORT."""
+    try:
+        from comet_demo.app import launch
+        from comet_demo.backend import DemoBackend
+    except ImportError as exc:
+        typer.echo(f"error: the demo needs the 'demo' extra (pip install 'comet-agents[demo]'): {exc}", err=True)
+        raise typer.Exit(1) from None
+    if max_upload_mb <= 0:
+        raise typer.BadParameter("--max-upload-mb must be > 0")
+    if threads is not None:
+        if threads < 1:
+            raise typer.BadParameter("--threads must be >= 1")
+        import torch
+
+        torch.set_num_threads(threads)
+    backend = DemoBackend(model, device=device, store=store, tenant=tenant, show_all_sessions=show_all_sessions,
+                          max_upload_mb=max_upload_mb)
+    typer.echo(f"comet-agents demo: serving on http://{host}:{port} (model {model!r} loading in the background)")
+    launch(backend, host=host, port=port or None, share=share)
 
 
 # ---- durable sessions: absorb, ask, sessions ------------------------------------------------------------------
@@ -350,6 +381,33 @@ def _text_events(text: str) -> list[str]:
     return out
 
 
+def parse_input(data: bytes, name: str = "", fmt: str = "auto") -> list:
+    """What ``absorb`` stores, validated: JSON Lines events or text (one TextEvent per paragraph).
+
+    ``fmt`` is ``auto`` (a ``.jsonl`` / ``.ndjson`` name or a leading ``{`` means events), ``text`` or ``jsonl``.
+    Raises :class:`~comet_agents.events.EventError` naming what is wrong (the line, for JSON Lines); the demo
+    validates uploads with this same function.
+    """
+    from .events import EventError, parse_jsonl
+
+    if fmt not in ("auto", "text", "jsonl"):
+        raise ValueError("the format must be auto, text or jsonl")
+    if fmt == "auto":
+        fmt = "jsonl" if name.endswith((".jsonl", ".ndjson")) or data.lstrip()[:1] == b"{" else "text"
+    if fmt == "jsonl":
+        events = parse_jsonl(data)
+    else:
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise EventError(f"input is not valid UTF-8: byte 0x{data[exc.start]:02x} at byte offset "
+                             f"{exc.start}") from None
+        events = _text_events(text)
+    if not events:
+        raise EventError("the input holds no events")
+    return events
+
+
 @app.command("absorb")
 def absorb_cmd(
     file: Annotated[str, typer.Argument(help="Text or JSON Lines events; '-' reads stdin.")] = "-",
@@ -364,28 +422,14 @@ def absorb_cmd(
     """Absorb a text file or JSON Lines events into a session (validated first: bad input stores nothing)."""
     import sys
 
-    from .events import EventError, parse_jsonl
-
     if fmt not in ("auto", "text", "jsonl"):
         raise typer.BadParameter("--format must be auto, text or jsonl")
     try:
         data = sys.stdin.buffer.read() if file == "-" else Path(file).read_bytes()
     except OSError as exc:
         raise _fail(exc) from None
-    if fmt == "auto":
-        fmt = "jsonl" if file.endswith((".jsonl", ".ndjson")) or data.lstrip()[:1] == b"{" else "text"
     try:
-        if fmt == "jsonl":
-            events = parse_jsonl(data)
-        else:
-            try:
-                text = data.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                raise EventError(f"input is not valid UTF-8: byte 0x{data[exc.start]:02x} at byte offset "
-                                 f"{exc.start}") from None
-            events = _text_events(text)
-        if not events:
-            raise EventError("the input holds no events")
+        events = parse_input(data, file, fmt)
         mem = _memory(session, tenant, store, model, device)
         with mem:
             ids = mem.absorb(events)

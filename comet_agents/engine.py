@@ -97,7 +97,9 @@ def stream_text(tokenizer: Any, token_ids: Iterable[int]) -> Iterator[str]:
     longer ends in an incomplete character (U+FFFD, as byte-level tokenizers decode a partial UTF-8
     sequence), so multi-byte characters are never split. Leading whitespace is dropped and trailing whitespace
     held back until more text follows, so ``"".join(pieces)`` equals ``decode(ids).strip()``, what the
-    non-streaming calls return.
+    non-streaming calls return. (That needs a decoder whose output for a prefix of the ids is a prefix of its
+    output for all of them, as byte-level BPE decoders such as SmolLM2's are; a piece once yielded cannot be
+    taken back.)
     """
     ids: list[int] = []
     sent = ""

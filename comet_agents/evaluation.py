@@ -304,8 +304,8 @@ def base_generate(
 
 
 def native_window(engine: MemoryEngine) -> int:
-    """The base model's native context (``max_position_embeddings``: 8,192 for SmolLM2)."""
-    return int(getattr(engine.model.inner.config, "max_position_embeddings", 0) or 0)
+    """The base model's native context (``max_position_embeddings``: 8,192 for SmolLM2); 0 when unknown."""
+    return engine.max_context_positions or 0
 
 
 # ---- running the systems ------------------------------------------------------------------------------------------

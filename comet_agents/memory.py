@@ -19,8 +19,15 @@ intent depends on what the caller saw) and raises ConflictError after refreshing
 one session are serialised by a lock shared by every ComeTMemory of that session; calls on one model by a
 per-model lock. The ``a*`` coroutines run the same code in a worker thread.
 
-Sessions are not batched across each other when absorbing: the batched engine path pads chunks, and padded
-batches are not bit-identical to single-session runs, which replay relies on.
+Answering (``recall``, ``chat``, ``stream_chat``) reads the state and never writes it. A stream reads a copy
+taken when it starts and holds the model lock one decoding step at a time, so absorbs run between its steps
+and do not change its answer.
+
+``absorb`` never batches sessions: the batched engine path pads chunks, and padded batches are not
+bit-identical to single-session runs, which replay relies on. :func:`absorb_batch` runs several sessions'
+chunks through the shared model together (opt-in): the events are stored exactly as by ``absorb``, snapshots
+then restore the batched state exactly, and a crash rebuild (a single-session replay) lands within float
+rounding of it.
 """
 
 from __future__ import annotations
@@ -33,7 +40,8 @@ import random
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -62,11 +70,12 @@ from .store import (
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ComeTMemory", "CoMeTMemory", "MemoryStats", "shared_engine", "state_digest"]
+__all__ = ["ComeTMemory", "CoMeTMemory", "MemoryStats", "absorb_batch", "shared_engine", "state_digest"]
 
 T = TypeVar("T")
 
 EventsLike = Any  # str | bytes | Event | Mapping | Iterable of those
+Messages = Sequence[Mapping[str, str]]  # [{"role": ..., "content": ...}], see engine.check_messages
 
 
 # ----------------------------------------------------------------------------------------------- digests
@@ -287,6 +296,7 @@ class ComeTMemory:
         self.snapshot_on_close = snapshot_on_close
         self.max_retries = max_retries
         self.max_new_tokens = max_new_tokens
+        self._key = (self.store.key, tenant, session_id)  # one session in this process, whatever the object
         self._lock = _session_lock(self.store, tenant, session_id)
         self._async_locks: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock]" = (
             weakref.WeakKeyDictionary()
@@ -434,7 +444,7 @@ class ComeTMemory:
         state, _, _, _ = self._build_state(chain)
         if snap.state_digest and state_digest(state) != snap.state_digest:
             log.warning("version %s of session %r was rebuilt by replay but differs from the stored digest "
-                        "(another device or dtype?)", snap.version, self.session_id)
+                        "(another device or dtype, or absorbed by absorb_batch?)", snap.version, self.session_id)
         return state
 
     def _ensure_state(self) -> MemoryState:
@@ -512,19 +522,7 @@ class ComeTMemory:
         rows, tokens = self._prepare(_as_events(events))
         with self._lock:
             self._ensure_state()
-            attempt = 0
-            while True:
-                try:
-                    ids, info = self.store.append_events(self.tenant, self.session_id, rows,
-                                                         expect_version=self._seen_version)
-                    break
-                except ConflictError:
-                    if attempt >= self.max_retries:
-                        raise
-                    attempt += 1
-                    self.conflicts_retried += 1
-                    time.sleep(random.uniform(0, 0.005 * attempt))
-                    self.refresh()
+            ids, info = self._append(rows)
             # The events are durable now; the state follows.
             try:
                 self._absorb_tokens(self._state, tokens)
@@ -532,11 +530,31 @@ class ComeTMemory:
                 self._state = None  # rebuilt from the log on next use
                 exc.add_note(f"events {ids[0]}..{ids[-1]} were stored; the memory state is rebuilt on next use")
                 raise
-            self._events += len(ids)
-            self._last_seq = ids[-1]
-            self._seen_version = info.version
-            self._maybe_auto_snapshot()
+            self._acknowledge(ids, info)
         return ids
+
+    def _append(self, rows: list[NewEvent]) -> tuple[list[int], SessionInfo]:
+        """Append prepared events to the log under the optimistic version check, catching up with other
+        writers and retrying on conflict (``max_retries`` times). Call with the session lock held and the
+        state loaded; the state is not updated with ``rows`` (see :meth:`_acknowledge`)."""
+        attempt = 0
+        while True:
+            try:
+                return self.store.append_events(self.tenant, self.session_id, rows, expect_version=self._seen_version)
+            except ConflictError:
+                if attempt >= self.max_retries:
+                    raise
+                attempt += 1
+                self.conflicts_retried += 1
+                time.sleep(random.uniform(0, 0.005 * attempt))
+                self.refresh()
+
+    def _acknowledge(self, ids: list[int], info: SessionInfo) -> None:
+        """Record that events ``ids`` (appended as ``info`` says) are now in the state; maybe snapshot."""
+        self._events += len(ids)
+        self._last_seq = ids[-1]
+        self._seen_version = info.version
+        self._maybe_auto_snapshot()
 
     def absorb_jsonl(self, data: bytes | str | Iterable[str | bytes]) -> list[int]:
         """Absorb JSON Lines events (one event dict per line). The whole input is validated first."""
@@ -643,6 +661,53 @@ class ComeTMemory:
                 raise ValueError("the question contains reserved CoMeT tokens")
             with self._shared.lock:
                 return self.engine.recall(state, question, max_new_tokens=max_new_tokens or self.max_new_tokens)
+
+    def chat(self, messages: Messages, *, max_new_tokens: int | None = None, refresh: bool = True) -> str:
+        """The assistant's reply to chat ``messages`` (``[{"role": ..., "content": ...}]``), answered from
+        memory plus the messages, which are read, not absorbed (absorb them to remember them).
+
+        Catches up with other writers first unless ``refresh=False``. Messages are checked by
+        :func:`comet_agents.engine.check_messages`; a prompt longer than the base model's positions is refused
+        (:meth:`MemoryEngine.check_fits <comet_agents.engine.MemoryEngine.check_fits>`).
+        """
+        with self._lock:
+            if refresh:
+                self.refresh()
+            state = self._ensure_state()
+            with self._shared.lock:
+                return self.engine.chat(state, messages, max_new_tokens=self._answer_length(max_new_tokens))
+
+    def stream_chat(
+        self, messages: Messages, *, max_new_tokens: int | None = None, refresh: bool = True
+    ) -> Iterator[str]:
+        """:meth:`chat` as text pieces, yielded as they are decoded (``"".join`` of them equals :meth:`chat`).
+
+        The stream answers from a copy of the state taken now, and holds the model lock one decoding step at a
+        time: absorbs into this or any session run between its steps, without waiting for the stream, and do
+        not change its answer. Bad messages raise here, not on the first ``next``.
+        """
+        with self._lock:
+            if refresh:
+                self.refresh()
+            state = self._ensure_state().clone()
+        pieces = self.engine.chat_stream(state, messages, max_new_tokens=self._answer_length(max_new_tokens))
+        return self._model_locked(pieces)
+
+    def _model_locked(self, pieces: Iterator[str]) -> Iterator[str]:
+        """Advance ``pieces`` under the model lock, releasing it between pieces."""
+        while True:
+            with self._shared.lock:
+                piece = next(pieces, None)
+            if piece is None:
+                return
+            yield piece
+
+    def _answer_length(self, max_new_tokens: int | None) -> int:
+        return self.max_new_tokens if max_new_tokens is None else max_new_tokens
+
+    def count_tokens(self, text: str) -> int:
+        """How many tokens of the model ``text`` takes (as absorbed, or as part of a prompt)."""
+        return self.engine.count_tokens(text)
 
     # ---- time travel -----------------------------------------------------------------------------------------------
 
@@ -769,6 +834,21 @@ class ComeTMemory:
     async def arecall(self, question: str, **kwargs: Any) -> str:
         return await self._run(self.recall, question, **kwargs)
 
+    async def achat(self, messages: Messages, **kwargs: Any) -> str:
+        return await self._run(self.chat, messages, **kwargs)
+
+    async def astream_chat(self, messages: Messages, **kwargs: Any) -> AsyncIterator[str]:
+        """:meth:`stream_chat` as an async generator: each decoding step runs in a worker thread."""
+        pieces = await self._run(self.stream_chat, messages, **kwargs)  # copy taken in order with other a* calls
+        try:
+            while (piece := await asyncio.to_thread(next, pieces, None)) is not None:
+                yield piece
+        finally:
+            try:
+                pieces.close()
+            except ValueError:  # cancelled mid-step: the worker thread finishes that step, then it is collected
+                pass
+
     async def asnapshot(self) -> int:
         return await self._run(self.snapshot)
 
@@ -805,6 +885,88 @@ class ComeTMemory:
 
 CoMeTMemory = ComeTMemory
 """Alias of :class:`ComeTMemory`."""
+
+
+# ----------------------------------------------------------------------------------------------- batched absorb
+
+
+def absorb_batch(
+    batches: Mapping[ComeTMemory, EventsLike] | Iterable[tuple[ComeTMemory, EventsLike]],
+) -> list[list[int]]:
+    """Absorb events into several sessions at once, running their ready chunks through the model together.
+
+    ``batches`` maps each memory to what its :meth:`ComeTMemory.absorb` would take (or is a list of
+    ``(memory, events)`` pairs). Returns the new event ids of each session, in the given order.
+
+    Every event of every session is validated, rendered and tokenized first: one bad event raises
+    :class:`~comet_agents.events.EventError` (naming its session) and nothing is stored anywhere. Then each
+    session's events are appended to its log exactly as ``absorb`` does (optimistic version check, catching up
+    and retrying on conflict), and the sessions' chunks are absorbed in batches of up to the engine's
+    ``max_batch``. Sessions are locked in a stable order, so concurrent batches cannot deadlock.
+
+    Opt-in, because it is not bit-exact: padded batches round differently from single-session runs. Snapshots
+    keep (and restore) the batched state exactly; a rebuild by replay (after a crash, or of a pruned version)
+    runs one session at a time and lands within float rounding of it.
+
+    Raises ValueError for memories on different loaded models or the same session given twice. The log of
+    each session is its own transaction: if appending fails for one session (after retries), the sessions
+    appended before it keep their events and rebuild their state on next use.
+    """
+    pairs = list(batches.items()) if isinstance(batches, Mapping) else [tuple(p) for p in batches]
+    for i, pair in enumerate(pairs):
+        if len(pair) != 2 or not isinstance(pair[0], ComeTMemory):
+            raise TypeError(f"absorb_batch item {i}: expected (ComeTMemory, events), got {pair!r:.80}")
+    mems = [m for m, _ in pairs]
+    seen: dict[tuple[str, str, str], ComeTMemory] = {}
+    for m in mems:
+        if m._key in seen:
+            raise ValueError(f"session {m.session_id!r} (tenant {m.tenant!r}) is given twice to absorb_batch; "
+                             "pass all its events in one list")
+        seen[m._key] = m
+    if not pairs:
+        return []
+    shared = mems[0]._shared
+    for m in mems[1:]:
+        if m._shared is not shared:
+            raise ValueError(
+                f"sessions {mems[0].session_id!r} and {m.session_id!r} are on different loaded models; "
+                "absorb_batch batches the sessions of one model (open them with the same model object or name)"
+            )
+    prepared = []
+    for m, events in pairs:
+        try:
+            prepared.append(m._prepare(_as_events(events)))
+        except ev.EventError as exc:
+            raise ev.EventError(f"session {m.session_id!r}: {exc}", field=exc.field, line=exc.line) from None
+    order = sorted(range(len(pairs)), key=lambda i: mems[i]._key)
+    appended: dict[int, tuple[list[int], SessionInfo]] = {}
+    with ExitStack() as locks:
+        for i in order:
+            locks.enter_context(mems[i]._lock)
+        for i in order:
+            mems[i]._ensure_state()
+        try:
+            for i in order:
+                appended[i] = mems[i]._append(prepared[i][0])
+        except BaseException as exc:
+            for i in appended:
+                mems[i]._state = None  # rebuilt from the log on next use
+            if appended:
+                stored = ", ".join(repr(mems[i].session_id) for i in appended)
+                exc.add_note(f"the events of session(s) {stored} were stored; their memory is rebuilt on next use")
+            raise
+        # The events are durable now; the states follow.
+        try:
+            with shared.lock, torch.no_grad():
+                shared.engine.absorb_many([mems[i]._state for i in order], [prepared[i][1] for i in order])
+        except BaseException as exc:
+            for i in order:
+                mems[i]._state = None
+            exc.add_note("the events were stored; the memory states are rebuilt on next use")
+            raise
+        for i in order:
+            mems[i]._acknowledge(*appended[i])
+    return [appended[i][0] for i in range(len(pairs))]
 
 # Re-exported for ``from comet_agents.memory import ...`` convenience.
 __all__ += ["ConflictError", "CorruptSnapshotError", "SnapshotPurgedError"]

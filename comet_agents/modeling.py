@@ -39,6 +39,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -237,7 +238,9 @@ class CometModel(nn.Module):
         mean = inner.embed_tokens.weight[: min(first, vocab_rows)].detach().float().mean(0)
         self.special_embeddings = nn.Parameter(mean[None].repeat(self.num_special, 1).clone())
         self.memory.float()
-        self._memory_positions: list[torch.Tensor | None] = [None]  # (B, T, 1) float mask while a layer runs
+        # (B, T, 1) float mask of added-token positions while a forward runs; per thread, so that forwards of one
+        # model in several threads (or an autograd recompute on another thread) never see each other's mask.
+        self._memory_positions = threading.local()
         self.memory_lora: nn.ModuleList | None = None
         if config.memory_lora_rank > 0:
             self.memory_lora = nn.ModuleList()
@@ -283,7 +286,7 @@ class CometModel(nn.Module):
 
     def _memory_lora_hook(self, lora: MemoryLoRA, name: str) -> Callable[..., torch.Tensor | None]:
         def hook(module: nn.Module, inputs: tuple[Any, ...], output: torch.Tensor) -> torch.Tensor | None:
-            mask = self._memory_positions[0]
+            mask = getattr(self._memory_positions, "mask", None)
             if mask is None:
                 return None
             return output + (lora.delta(name, inputs[0]) * mask).to(output.dtype)
@@ -295,11 +298,11 @@ class CometModel(nn.Module):
         if self.memory_lora is None:
             yield
             return
-        self._memory_positions[0] = self.is_added_token(input_ids)[..., None].float()
+        self._memory_positions.mask = self.is_added_token(input_ids)[..., None].float()
         try:
             yield
         finally:
-            self._memory_positions[0] = None
+            self._memory_positions.mask = None
 
     def is_added_token(self, input_ids: torch.Tensor) -> torch.Tensor:
         """Where ``input_ids`` holds one of CoMeT's added tokens (slot placeholder, readout, compression)."""

@@ -380,3 +380,36 @@ def test_memory_source_decides_what_is_written() -> None:
     torch.testing.assert_close(inp[0].fifo[0, :, :3], inp[1].fifo[0, :, :3], atol=0, rtol=0)
     assert (outp[0].fifo[0, :, :3] - outp[1].fifo[0, :, :3]).abs().max() > 1e-3
     assert (inp[0].fifo[1:] - inp[1].fifo[1:]).abs().max() > 1e-3
+
+
+def test_forwards_in_two_threads_do_not_share_the_memory_lora_mask() -> None:
+    """The added-token mask is per thread: concurrent absorbs of differently shaped batches on one model give
+    what they give alone (within float tolerance: threads may split the matrix products differently)."""
+    import threading
+
+    engine = MemoryEngine(tiny_model("llama"), max_batch=4)
+    streams = [tokens(12 * 6, seed=s) for s in range(3)]
+    alone_single = engine.absorb(engine.new_state(), streams[0])
+    alone_pair = [engine.new_state(), engine.new_state()]
+    engine.absorb_many(alone_pair, streams[1:])
+    results: dict[str, object] = {}
+
+    def single() -> None:
+        for i in range(4):
+            results[f"single{i}"] = engine.absorb(engine.new_state(), streams[0])
+
+    def pair() -> None:
+        for i in range(4):
+            states = [engine.new_state(), engine.new_state()]
+            engine.absorb_many(states, streams[1:])
+            results[f"pair{i}"] = states
+
+    threads = [threading.Thread(target=single), threading.Thread(target=pair)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for i in range(4):
+        assert_same_state(results[f"single{i}"], alone_single)
+        for got, want in zip(results[f"pair{i}"], alone_pair):
+            assert_same_state(got, want)

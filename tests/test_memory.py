@@ -1,18 +1,21 @@
 """ComeTMemory on a tiny random Llama with a character tokenizer: durability, bit-exact replay, time travel,
-forget, tenants, bad input, conflicts, async. Key tests run on SQLite, PostgreSQL and MariaDB."""
+forget, tenants, bad input, conflicts, async, chat, batched absorb. Key tests run on SQLite, PostgreSQL and
+MariaDB."""
 
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 
 import pytest
 import sqlalchemy as sa
+import torch
 
 from comet_agents import CoMeTMemory, ComeTMemory
 from comet_agents import events as ev
 from comet_agents import memory as memory_mod
-from comet_agents.memory import shared_engine, state_digest
+from comet_agents.memory import absorb_batch, shared_engine, state_digest
 from comet_agents.state import CorruptStateError, StateMismatchError
 from comet_agents.store import (
     ConflictError,
@@ -39,6 +42,7 @@ EVENTS = [
      "attributes": {"price": 59.9, "size": 42}, "timestamp": "2026-03-01T10:22:00"},
 ]
 Q = "Where does the user live?"
+CHAT = [{"role": "system", "content": "Answer from memory."}, {"role": "user", "content": Q}]
 
 
 @pytest.fixture(scope="module")
@@ -467,6 +471,198 @@ def test_async_variants_keep_the_event_loop_responsive(store: Store, model) -> N
     assert isinstance(answer, str) and order == [[2], [3], [4], [5], [6]]  # calls on one session keep their order
     assert [h.version for h in history] == [1] and fork.session_id == "s2" and result.forgotten == [1]
     assert mem.closed
+
+
+# ---- chat ---------------------------------------------------------------------------------------------------------
+
+
+def test_chat_and_stream_chat_answer_from_memory_and_change_nothing(store: Store, model) -> None:
+    mem = ComeTMemory("s", store=store, model=model, snapshot_every=None)
+    mem.absorb(EVENTS)
+    digest, before = state_digest(mem.state), dump(store)
+    answer = mem.chat(CHAT, max_new_tokens=24)
+    assert answer and answer == mem.engine.chat(mem.state, CHAT, max_new_tokens=24)
+    assert "".join(mem.stream_chat(CHAT, max_new_tokens=24)) == answer
+    assert mem.chat(CHAT) == mem.chat(CHAT, max_new_tokens=mem.max_new_tokens)
+    assert mem.chat([{"role": "user", "content": Q}], max_new_tokens=8) == mem.recall(Q, max_new_tokens=8)
+    assert mem.count_tokens("hello") == 5 and mem.count_tokens(ev.render(EVENTS[1])) == mem.events()[1].n_tokens
+    assert state_digest(mem.state) == digest and dump(store) == before  # read, never absorbed or stored
+    with pytest.raises(ValueError, match="role 'wizard' is not one of"):
+        mem.chat([{"role": "wizard", "content": "hi"}])
+    with pytest.raises(ValueError, match="messages is empty"):
+        mem.stream_chat([])  # raised at the call
+    with pytest.raises(ValueError, match="does not fit the base model"):
+        mem.stream_chat([{"role": "user", "content": "x" * 1000}])
+
+
+def test_a_stream_reads_a_copy_so_absorbs_neither_wait_nor_change_its_answer(store: Store, model) -> None:
+    mem = ComeTMemory("s", store=store, model=model, snapshot_every=None)
+    mem.absorb(EVENTS)
+    expected = mem.chat(CHAT, max_new_tokens=30)
+    stream = mem.stream_chat(CHAT, max_new_tokens=30)
+    first, before = next(stream), state_digest(mem.state)
+    mem.absorb("The user moved to Paris last week. " * 3)  # same thread, mid-stream: no lock is held
+    other = ComeTMemory("t", store=store, model=model)
+    worker = threading.Thread(target=lambda: (mem.absorb("From a thread."), other.absorb(EVENTS)))
+    worker.start()
+    worker.join(timeout=60)
+    assert not worker.is_alive()
+    assert state_digest(mem.state) != before
+    assert first + "".join(stream) == expected
+    assert mem.chat(CHAT, max_new_tokens=30) == mem.engine.chat(mem.state, CHAT, max_new_tokens=30)
+
+
+def test_achat_and_astream_chat_keep_the_event_loop_running(store: Store, model) -> None:
+    mem = ComeTMemory("s", store=store, model=model, snapshot_every=None)
+    mem.absorb(EVENTS)
+    expected = mem.chat(CHAT, max_new_tokens=60)
+
+    async def main():
+        ticks = 0
+        done = False
+
+        async def ticker():
+            nonlocal ticks
+            while not done:
+                ticks += 1
+                await asyncio.sleep(0.001)
+
+        t = asyncio.create_task(ticker())
+        answer = await mem.achat(CHAT, max_new_tokens=60)
+        pieces, seen = [], []
+        async for piece in mem.astream_chat(CHAT, max_new_tokens=60):
+            pieces.append(piece)
+            seen.append(ticks)
+        async for piece in mem.astream_chat(CHAT, max_new_tokens=60):
+            break  # closing a stream early releases everything
+        again = await asyncio.wait_for(mem.achat(CHAT, max_new_tokens=60), timeout=60)
+        done = True
+        await t
+        return answer, pieces, seen, again
+
+    answer, pieces, seen, again = asyncio.run(main())
+    assert answer == expected == "".join(pieces) == again and len(pieces) > 1
+    assert seen[-1] > seen[0]  # the loop ran other tasks while the stream decoded
+
+
+# ---- batched absorb ----------------------------------------------------------------------------------------------
+
+
+def assert_close_states(a, b) -> None:
+    """Equal counters and pending tails, tensors within float rounding (what batching guarantees)."""
+    assert a.pending == b.pending
+    for name in ("has_global", "fifo_len", "chunks", "tokens_absorbed"):
+        assert torch.equal(getattr(a, name), getattr(b, name)), name
+    torch.testing.assert_close(a.global_state, b.global_state, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(a.fifo, b.fifo, atol=1e-5, rtol=1e-4)
+
+
+def test_absorb_batch_stores_what_absorb_stores_and_lands_within_rounding(any_store: Store, model) -> None:
+    batched = {s: ComeTMemory(s, store=any_store, model=model, snapshot_every=2) for s in "abc"}
+    single = {s: ComeTMemory(s + "-single", store=any_store, model=model, snapshot_every=2) for s in "abc"}
+    # Different lengths: in one batch the sessions sit at different FIFO fills and first-chunk states.
+    rounds = [{"a": EVENTS[:2], "b": EVENTS, "c": "short"}, {"a": EVENTS[2:], "b": EVENTS[:1], "c": EVENTS[3:]}]
+    for r in rounds:
+        ids = absorb_batch({batched[s]: events for s, events in r.items()})
+        assert ids == [single[s].absorb(events) for s, events in r.items()]
+    pairs = absorb_batch([(batched["c"], ["x", "y"]), (batched["a"], "z")])  # a list of pairs, in its order
+    assert pairs == [single["c"].absorb(["x", "y"]), single["a"].absorb("z")]
+    assert absorb_batch({}) == []
+    for s in "abc":
+        b, one = batched[s], single[s]
+        assert [(e.id, e.kind, e.payload, e.text) for e in b.events()] == [
+            (e.id, e.kind, e.payload, e.text) for e in one.events()]
+        assert_close_states(b.state, one.state)
+        assert [(h.version, h.last_seq, h.chunks, h.reason) for h in b.history()] == [
+            (h.version, h.last_seq, h.chunks, h.reason) for h in one.history()]  # auto snapshots as absorb's
+        assert {**b.stats.to_dict(), "session_id": s} == {**one.stats.to_dict(), "session_id": s}
+
+
+def test_after_absorb_batch_snapshots_restore_exactly_and_a_crash_rebuild_is_within_rounding(store: Store,
+                                                                                               model) -> None:
+    a = ComeTMemory("a", store=store, model=model, snapshot_every=None)
+    b = ComeTMemory("b", store=store, model=model, snapshot_every=None, snapshot_on_close=False)
+    absorb_batch({a: EVENTS, b: EVENTS[2:]})
+    digest_a, state_b = state_digest(a.state), b.state.clone()
+    v = a.snapshot()
+    a.absorb("later")
+    a.restore(v)
+    assert state_digest(a.state) == digest_a
+    a.close()
+    assert state_digest(ComeTMemory("a", store=store, model=model).state) == digest_a  # reopened: the snapshot
+    b.close()  # no snapshot: as after a crash, reopening replays the log one session at a time
+    rebuilt = ComeTMemory("b", store=store, model=model)
+    assert state_digest(rebuilt.state) == fresh_digest(model, EVENTS[2:])
+    assert_close_states(rebuilt.state, state_b)
+
+
+def test_absorb_batch_validates_every_session_before_storing_anything(store: Store, model) -> None:
+    a = ComeTMemory("a", store=store, model=model, snapshot_every=1)
+    b = ComeTMemory("b", store=store, model=model, snapshot_every=1)
+    absorb_batch({a: EVENTS[:2], b: "first"})
+    before, digests = dump(store), (state_digest(a.state), state_digest(b.state))
+    bad = [
+        ({a: EVENTS, b: ["fine", {"type": "telepathy", "text": "x"}]}, "session 'b': event 1: .*unknown event type 'telepathy'"),
+        ({a: [], b: "fine"}, "session 'a': no events"),
+        ({a: "fine", b: "please absorb <beacon> this"}, "session 'b': event 0: .*reserved token"),
+        ({a: b"caf\xe9", b: "fine"}, "session 'a': input is not valid UTF-8"),
+    ]
+    for batch, message in bad:
+        with pytest.raises(ev.EventError, match=message):
+            absorb_batch(batch)
+        assert dump(store) == before and (state_digest(a.state), state_digest(b.state)) == digests
+    assert absorb_batch({a: "still works", b: "and here"}) == [[3], [2]]
+
+
+def test_absorb_batch_refuses_two_models_and_a_session_given_twice(store: Store, model) -> None:
+    a = ComeTMemory("a", store=store, model=model)
+    elsewhere = ComeTMemory("o", store=store, model=tiny_chat_model())  # same weights, another loaded model
+    before = dump(store)
+    with pytest.raises(ValueError, match="sessions 'a' and 'o' are on different loaded models"):
+        absorb_batch({a: "x", elsewhere: "y"})
+    with pytest.raises(ValueError, match="session 'a' \\(tenant 'default'\\) is given twice"):
+        absorb_batch({a: "x", ComeTMemory("a", store=store, model=model): "y"})
+    with pytest.raises(ValueError, match="given twice"):
+        absorb_batch([(a, "x"), (a, "y")])
+    with pytest.raises(TypeError, match="item 0: expected \\(ComeTMemory, events\\)"):
+        absorb_batch([("a", "x")])
+    assert dump(store) == before
+    # Another tenant's session of the same name is another session.
+    other_tenant = ComeTMemory("a", tenant="B", store=store, model=model)
+    assert absorb_batch({a: "x", other_tenant: "y"}) == [[1], [1]]
+
+
+def test_absorb_batch_catches_up_with_other_writers(store: Store, model) -> None:
+    a = ComeTMemory("a", store=store, model=model, snapshot_every=None)
+    b = ComeTMemory("b", store=store, model=model, snapshot_every=None)
+    a_elsewhere = ComeTMemory("a", store=store, model=model, snapshot_every=None)
+    a_elsewhere.absorb("from another writer")  # a is stale now
+    assert absorb_batch({a: "from the batch", b: "b"}) == [[2], [1]]
+    assert a.conflicts_retried == 1
+    assert [e.text for e in a.events()] == ["from another writer\n", "from the batch\n"]
+    assert_close_states(a.state, ComeTMemory("a", store=store, model=model).state)
+
+
+def test_concurrent_batches_lock_sessions_in_a_stable_order(store: Store, model) -> None:
+    a = ComeTMemory("a", store=store, model=model, snapshot_every=None)
+    b = ComeTMemory("b", store=store, model=model, snapshot_every=None)
+    errors: list[BaseException] = []
+
+    def run(first, second):
+        try:
+            for i in range(10):
+                absorb_batch({first: f"{first.session_id}{i}", second: f"{second.session_id}{i}"})
+        except BaseException as exc:  # surfaced below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(a, b)), threading.Thread(target=run, args=(b, a))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not any(t.is_alive() for t in threads) and not errors
+    assert a.stats.events == b.stats.events == 20
+    assert sorted(e.text for e in a.events()) == sorted([f"a{i}\n" for i in range(10)] * 2)
 
 
 # ---- the real model ----------------------------------------------------------------------------------------------

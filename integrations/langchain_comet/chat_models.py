@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any
 
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
-from langchain_core.language_models import BaseChatModel, LanguageModelInput
+from langchain_core.language_models import BaseChatModel
 from langchain_core.language_models.chat_models import LangSmithParams
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
 from langchain_core.messages.ai import UsageMetadata
@@ -22,7 +22,6 @@ from pydantic import ConfigDict, Field, model_validator
 
 from comet_agents.memory import ComeTMemory
 
-from . import _core
 from ._convert import to_chat_dicts
 from .sessions import ComeTSessions
 
@@ -121,14 +120,14 @@ class ChatComeT(BaseChatModel):
         return self._memory().engine.encode(text)
 
     def get_num_tokens(self, text: str) -> int:
-        return _core.count_tokens(self._memory(), text)
+        return self._memory().count_tokens(text)
 
     def get_num_tokens_from_messages(self, messages: list[BaseMessage], tools: Sequence[Any] | None = None) -> int:
         """Tokens of ``messages`` as the model reads them: rendered with the base model's chat template."""
         if tools:
             raise NotImplementedError(NO_TOOLS)
         mem = self._memory()
-        return _core.count_tokens(mem, mem.engine.chat_prompt(to_chat_dicts(messages)))
+        return mem.count_tokens(mem.engine.chat_prompt(to_chat_dicts(messages)))
 
     # ---- tools -------------------------------------------------------------------------------------------------
 
@@ -149,14 +148,14 @@ class ChatComeT(BaseChatModel):
         return mem, chat, stops, self._max_new(mem, kwargs.get("max_tokens"))
 
     def _usage(self, mem: ComeTMemory, chat: list[dict[str, str]], text: str) -> UsageMetadata:
-        n_in = _core.count_tokens(mem, mem.engine.chat_prompt(chat))
-        n_out = _core.count_tokens(mem, text) if text else 0
+        n_in = mem.count_tokens(mem.engine.chat_prompt(chat))
+        n_out = mem.count_tokens(text) if text else 0
         return UsageMetadata(input_tokens=n_in, output_tokens=n_out, total_tokens=n_in + n_out)
 
     def _generate(self, messages: list[BaseMessage], stop: list[str] | None = None,
                   run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> ChatResult:
         mem, chat, stops, max_new = self._prepare(messages, stop, kwargs)
-        text = _cut(_core.chat(mem, chat, max_new), stops)
+        text = _cut(mem.chat(chat, max_new_tokens=max_new), stops)
         message = AIMessage(content=text, usage_metadata=self._usage(mem, chat, text),
                             response_metadata={"model_name": self.model_name, "model_provider": "comet",
                                                "session_id": mem.session_id, "tenant": mem.tenant})
@@ -166,7 +165,7 @@ class ChatComeT(BaseChatModel):
                 run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> Iterator[ChatGenerationChunk]:
         mem, chat, stops, max_new = self._prepare(messages, stop, kwargs)
         text = ""
-        for piece in _until_stop(_core.stream_chat(mem, chat, max_new), stops):
+        for piece in _until_stop(mem.stream_chat(chat, max_new_tokens=max_new), stops):
             text += piece
             chunk = ChatGenerationChunk(message=AIMessageChunk(content=piece))
             if run_manager:

@@ -1,0 +1,98 @@
+"""CPU probe: does a write design learn to answer from memory? Small config, real frozen SmolLM2 base.
+
+Trains one arm for a few steps on pass keys that sit in a closed chunk (family ``passkey_memory``), with the
+project's trainer in ``--smoke`` mode, then asks held-out pass keys whose needle lies wholly in memory and
+reports exact matches and mean answer loss before and after. Arms:
+
+* ``new``: memory written from each layer's input, memory LoRA (rank 16, q/k/v/o) at added-token positions,
+  backbone untouched at text positions (the default config);
+* ``old``: memory written from each layer's output (the paper's code), peft LoRA rank 8 at every position.
+
+    python tools/memory_probe.py --arm new --steps 120 --out /tmp/probe-new.json
+
+Minutes on 2 CPU cores; meant to compare arms before spending GPU time, not to train an adapter.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from comet_agents import CometConfig, CometModel
+from comet_agents.base_models import DEFAULT_BASE
+from comet_agents.engine import MemoryEngine
+from comet_agents.training.data import passkey
+from comet_agents.training.examples import collate, encode_sample
+from comet_agents.training.trainer import TrainArgs, train
+
+ARMS = {
+    "new": dict(memory_source="input", memory_lora_rank=16, memory_lora_alpha=32, lora_rank=0),
+    "old": dict(memory_source="output", memory_lora_rank=0, lora_rank=8, lora_alpha=16),
+}
+SMALL = dict(chunk_size=64, num_global_slots=8, compression_stride=8, fifo_budget=64)
+
+
+def held_out(model: CometModel, n: int) -> list:
+    """Held-out pass-key samples whose needle ends inside the first (closed) chunk."""
+    tok, C = model.tokenizer, model.config.chunk_size
+    count = lambda t: len(tok(t, add_special_tokens=False)["input_ids"])  # noqa: E731
+    out, seed = [], 10**6
+    while len(out) < n:
+        seed += 1
+        s = passkey.generate_in_memory(seed, C + 24 + seed % 32, count)
+        end = s.stream.index(s.meta["needle"]) + len(s.meta["needle"])
+        if count(s.stream[:end]) < C:
+            out.append(s)
+    return out
+
+
+def evaluate(model: CometModel, samples: list) -> dict:
+    model.eval()
+    engine = MemoryEngine(model)
+    exact, losses = 0, []
+    with torch.no_grad():
+        for s in samples:
+            state = engine.absorb_text(engine.new_state(), s.stream)
+            exact += engine.recall(state, s.qa[0].question, max_new_tokens=16).strip() == s.meta["key"]
+            batches, weights = collate([encode_sample(s, model.tokenizer, model.config.chunk_size)], model)
+            losses.append(float(model.forward_train(batches, loss_weights=weights)["loss"]))
+    return {"exact": exact, "n": len(samples), "answer_loss": round(sum(losses) / len(losses), 4)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--arm", choices=sorted(ARMS), required=True)
+    ap.add_argument("--steps", type=int, default=120)
+    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--tokens-per-micro-batch", type=int, default=1024)
+    ap.add_argument("--eval-items", type=int, default=40)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out", required=True)
+    a = ap.parse_args()
+    torch.set_num_threads(a.threads)
+    torch.manual_seed(0)
+    cfg = CometConfig(**SMALL, **ARMS[a.arm])
+    model = CometModel.from_pretrained(DEFAULT_BASE, config=cfg, device="cpu")
+    samples = held_out(model, a.eval_items)
+    before = evaluate(model, samples)
+    print(json.dumps({"arm": a.arm, "before": before}), flush=True)
+    run = Path(a.out).with_suffix(".run")
+    args = TrainArgs(output_dir=str(run), steps=a.steps, lr=a.lr, warmup_steps=10, curriculum=[(10**9, 1)],
+                     families={"passkey_memory": 1.0}, tokens_per_micro_batch=a.tokens_per_micro_batch,
+                     save_every=10**9, log_every=10, gradient_checkpointing=False, smoke=True, comet=cfg.to_dict())
+    t0 = time.time()
+    result = train(args, model=model, log=lambda line: print(line, flush=True))
+    after = evaluate(model, samples)
+    report = {"arm": a.arm, "config": cfg.to_dict(), "steps": a.steps, "lr": a.lr, "seconds": round(time.time() - t0),
+              "before": before, "after": after,
+              "loss_curve": [round(h["loss"], 4) for h in result["history"]]}
+    Path(a.out).write_text(json.dumps(report, indent=1))
+    print(json.dumps({k: report[k] for k in ("arm", "seconds", "before", "after")}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
