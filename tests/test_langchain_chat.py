@@ -168,3 +168,17 @@ def test_in_an_agent_the_thread_picks_the_session(memory, tmp_path):
         return await agent.ainvoke({"messages": [HumanMessage("Again")]}, {"configurable": {"thread_id": "th-9"}})
 
     assert asyncio.run(arun())["messages"][-1].response_metadata["session_id"] == "th-9"
+
+
+def test_memory_stays_as_given_and_the_profile_serves_fraction_triggers(memory):
+    from langchain.agents.middleware import SummarizationMiddleware
+
+    from langchain_comet import ComeTRetriever, ComeTSessions, ComeTSummarizer
+
+    chat = ChatComeT(memory=memory)
+    assert chat.memory is memory and ComeTRetriever(memory=memory).memory is memory
+    assert ChatComeT(memory=ComeTSessions(memory)).profile == chat.profile
+    assert ChatComeT().profile is None  # no memory yet: nothing is loaded to compute limits
+    SummarizationMiddleware(chat, trigger=("fraction", 0.8), summarizer=ComeTSummarizer(memory))
+    with pytest.raises(TypeError, match="ComeTMemory"):
+        ComeTRetriever(memory="default")

@@ -18,7 +18,7 @@ from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
 from langchain_core.messages.ai import UsageMetadata
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from langchain_core.runnables import Runnable, ensure_config
-from pydantic import ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field, PrivateAttr, model_validator
 
 from comet_agents.memory import ComeTMemory
 
@@ -57,18 +57,19 @@ class ChatComeT(BaseChatModel):
     timeout: float | None = None
     max_retries: int | None = None
     streaming: bool = False
+    _sessions: ComeTSessions | None = PrivateAttr(default=None)
 
     @model_validator(mode="after")
-    def _check(self) -> "ChatComeT":
+    def _check_comet_params(self) -> "ChatComeT":
         if self.temperature not in (None, 0, 0.0):
             raise ValueError(f"ChatComeT decodes greedily; temperature must be None or 0, got {self.temperature}")
         if self.max_tokens is not None and self.max_tokens < 1:
             raise ValueError(f"max_tokens must be >= 1, got {self.max_tokens}")
         if self.memory is not None and not isinstance(self.memory, (ComeTMemory, ComeTSessions)):
             raise TypeError(f"memory must be a ComeTMemory or ComeTSessions, got {type(self.memory).__name__}")
-        self.memory = ComeTSessions.coerce(self.memory)
-        if self.profile is None and self.memory._template is not None:
-            self.profile = self._profile(self.memory._template)
+        template = self.memory._template if isinstance(self.memory, ComeTSessions) else self.memory
+        if self.profile is None and template is not None:
+            self.profile = self._profile(template)
         return self
 
     # ---- facts -------------------------------------------------------------------------------------------------
@@ -112,7 +113,10 @@ class ChatComeT(BaseChatModel):
         return n
 
     def _memory(self) -> ComeTMemory:
-        return self.memory.for_config(ensure_config())
+        """The memory of this call: the run's thread in ``memory`` (its own session without one)."""
+        if self._sessions is None:
+            self._sessions = ComeTSessions.coerce(self.memory)
+        return self._sessions.for_config(ensure_config())
 
     # ---- tokens ------------------------------------------------------------------------------------------------
 

@@ -9,7 +9,7 @@ from langchain_core.documents import Document
 from langchain_core.retrievers import BaseRetriever
 from langchain_core.runnables import RunnableConfig, ensure_config
 from langchain_core.tools import BaseTool, StructuredTool
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
 from comet_agents.memory import ComeTMemory
 
@@ -69,11 +69,20 @@ class ComeTRetriever(BaseRetriever):
     """A ComeTMemory or ComeTSessions (None: ``ComeTMemory()`` on first use)."""
     k: int = 1
     max_new_tokens: int | None = None
+    _sessions: ComeTSessions | None = PrivateAttr(default=None)
 
-    def model_post_init(self, context: Any) -> None:
+    @model_validator(mode="after")
+    def _check_comet_params(self) -> "ComeTRetriever":
         if self.k < 1:
             raise ValueError("k must be >= 1")
-        self.memory = ComeTSessions.coerce(self.memory)
+        if self.memory is not None and not isinstance(self.memory, (ComeTMemory, ComeTSessions)):
+            raise TypeError(f"memory must be a ComeTMemory or ComeTSessions, got {type(self.memory).__name__}")
+        return self
+
+    def _memory(self) -> ComeTMemory:
+        if self._sessions is None:
+            self._sessions = ComeTSessions.coerce(self.memory)
+        return self._sessions.for_config(ensure_config())
 
     def _documents(self, mem: ComeTMemory, query: str, answer: str, k: int) -> list[Document]:
         meta = {"session_id": mem.session_id, "tenant": mem.tenant, "version": mem.version}
@@ -93,12 +102,12 @@ class ComeTRetriever(BaseRetriever):
     def _get_relevant_documents(self, query: str, *, run_manager: CallbackManagerForRetrieverRun,
                                 k: int | None = None) -> list[Document]:
         k = self._k(k)
-        mem = self.memory.for_config(ensure_config())
+        mem = self._memory()
         return self._documents(mem, query, mem.recall(query, max_new_tokens=self.max_new_tokens), k)
 
     async def _aget_relevant_documents(self, query: str, *, run_manager: AsyncCallbackManagerForRetrieverRun,
                                        k: int | None = None) -> list[Document]:
         k = self._k(k)
-        mem = self.memory.for_config(ensure_config())
+        mem = self._memory()
         answer = await mem.arecall(query, max_new_tokens=self.max_new_tokens)
         return self._documents(mem, query, answer, k)
