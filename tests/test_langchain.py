@@ -148,6 +148,15 @@ def test_threads_map_to_sessions_and_tenants_are_isolated(stand_in, url, model):
         assert "1234" in msgs[0].text and "9999" not in msgs[0].text and "5555" not in msgs[0].text
 
 
+def test_concurrent_threads_in_a_batch(memory, url, model):
+    fake = script(*["ok"] * 4)
+    agent = create_agent(fake, [], middleware=[ComeTMemoryMiddleware(memory)], checkpointer=InMemorySaver())
+    inputs = [{"messages": [HumanMessage(f"I am user {i}.")]} for i in range(4)]
+    agent.batch(inputs, [thread(f"p{i}") for i in range(4)], max_concurrency=4)
+    for i in range(4):
+        assert texts(url, model, f"p{i}") == [f"[user] I am user {i}.\n", "[assistant] ok\n"]
+
+
 # ---------------------------------------------------------------------------------------------- injecting
 
 
