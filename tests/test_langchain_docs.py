@@ -16,6 +16,7 @@ import pytest
 pytest.importorskip("langchain")
 
 from comet_agents import memory as memory_mod
+from comet_agents import store as store_mod
 
 from tiny import tiny_chat_model
 
@@ -29,6 +30,9 @@ def blocks() -> list[str]:
 
 
 def run_page(capsys, monkeypatch) -> dict:
+    # The page's relative SQLite URL must mean this test's directory: open_store shares one Store per URL
+    # string and process, so start from no stores.
+    monkeypatch.setattr(store_mod, "_STORES", {})
     page = types.ModuleType("langchain_docs")  # a real module: dataclasses look their module up
     monkeypatch.setitem(sys.modules, page.__name__, page)
     ns = page.__dict__
