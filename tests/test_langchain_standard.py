@@ -1,7 +1,9 @@
 """The standard LangChain suites (langchain-tests) for ChatComeT, ComeTRetriever and the recall_memory tool.
 
 Run on the tiny model with network sockets disabled. Declared unsupported through the suites' own flags: tool
-calling (and so tool choice and structured output), JSON mode and multimodal inputs; nothing else is skipped.
+calling (and so tool choice and structured output), JSON mode, multimodal inputs and a per-call model override.
+The suites also skip by themselves what does not apply: construction from environment variables (no API keys),
+serialisation (ChatComeT holds a live memory) and VCR recordings (nothing goes over the network).
 The async cases need ``asyncio_mode = "auto"`` (set in pyproject.toml).
 """
 
@@ -103,6 +105,10 @@ class _Flags:
 
     @property
     def supports_anthropic_inputs(self) -> bool:
+        return False
+
+    @property
+    def supports_model_override(self) -> bool:  # one local model per memory; `model` only names it in traces
         return False
 
 
