@@ -1151,10 +1151,17 @@ _STORES_LOCK = threading.Lock()
 
 
 def open_store(store: Store | str | URL | None = None, *, schema: str | None = None) -> Store:
-    """A :class:`Store` for ``store`` (a Store is returned as is; URLs share one Store per process)."""
+    """A :class:`Store` for ``store`` (a Store is returned as is; URLs share one Store per process).
+
+    A relative SQLite path is resolved against the current directory when opened, so the same relative URL
+    opened after a ``chdir`` names the other directory's database, as it would for any other program.
+    """
     if isinstance(store, Store):
         return store
     url = make_url(store if store is not None else default_url())
+    if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:" \
+            and not url.database.startswith("file:") and not Path(url.database).is_absolute():
+        url = url.set(database=str(Path(url.database).resolve()))
     key = (url.render_as_string(hide_password=False), schema)
     with _STORES_LOCK:
         if key not in _STORES:

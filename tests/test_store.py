@@ -303,3 +303,17 @@ def test_sqlite_file_holds_no_trace_of_forgotten_text(tmp_path) -> None:
     con = sqlite3.connect(tmp_path / "store.db")
     assert con.execute("PRAGMA integrity_check").fetchone() == ("ok",)
     con.close()
+
+
+def test_relative_sqlite_url_follows_the_current_directory(tmp_path, monkeypatch) -> None:
+    """The same relative URL opened from two directories names two databases, not the first one twice."""
+    from comet_agents.store import open_store
+
+    stores = []
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        monkeypatch.chdir(tmp_path / name)
+        stores.append(open_store("sqlite:///relative-test.db"))
+    assert stores[0] is not stores[1]
+    assert str(stores[0].url.database).startswith(str(tmp_path / "a"))
+    assert str(stores[1].url.database).startswith(str(tmp_path / "b"))
