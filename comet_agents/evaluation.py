@@ -265,8 +265,9 @@ def truncation_budget(config: Any) -> int:
 def plain_base(model: Any) -> Iterator[Any]:
     """The backbone as the plain base ``*ForCausalLM``: LoRA disabled (peft ``disable_adapter``), no memory.
 
-    CoMeT's memory nets and added embeddings only act through :class:`CometModel`'s own forward, so the
-    underlying Hugging Face model with its LoRA layers bypassed computes exactly the base model.
+    CoMeT's memory nets, added embeddings and memory LoRA only act through :class:`CometModel`'s own forward
+    (the memory LoRA's hooks do nothing unless that forward has marked the added-token positions), so the
+    underlying Hugging Face model with its peft LoRA layers bypassed computes exactly the base model.
     """
     backbone = model.backbone
     if hasattr(backbone, "disable_adapter") and hasattr(backbone, "get_base_model"):

@@ -154,13 +154,21 @@ def engine():
 
 
 @pytest.mark.slow
-def test_plain_base_bypasses_lora(engine) -> None:
-    """``plain_base`` must compute the base model even when the LoRA weights are not zero."""
-    model = engine.model
+def test_plain_base_bypasses_lora() -> None:
+    """``plain_base`` must compute the base model even when the LoRA weights (peft at every position, and the
+    memory LoRA at added tokens) are not zero."""
+    from comet_agents import CometConfig
+    from comet_agents.base_models import DEFAULT_BASE
+    from comet_agents.engine import MemoryEngine
+    from comet_agents.modeling import CometModel
+
+    model = CometModel.from_pretrained(DEFAULT_BASE, config=CometConfig(lora_rank=8), device="cpu").eval()
+    engine = MemoryEngine(model)
     ids = torch.tensor([engine.encode("The quick brown fox jumps over the lazy dog.")])
     with ev.plain_base(model) as base:
         before = base(input_ids=ids).logits
     lora_b = [p for n, p in model.backbone.named_parameters() if "lora_B" in n]
+    lora_b += [lin.weight for lora in model.memory_lora for lin in lora.up.values()]
     assert lora_b
     saved = [p.detach().clone() for p in lora_b]
     try:
