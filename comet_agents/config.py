@@ -31,6 +31,13 @@ class CometConfig:
         global_memory: ablation switch; ``False`` removes global slots and readouts.
         temporary_memory: ablation switch; ``False`` removes compression tokens and the FIFO.
         gate: ablation switch; ``False`` replaces the gated update by ``S = candidate``.
+        open_chunk_compression: whether the open last chunk (the stream's pending tail, the question and the
+            answer being generated) also gets compression tokens. Off by default: that chunk is never written
+            to memory (its text is absorbed later as part of a closed chunk, laid out anew), so compression
+            tokens there would only cost positions and decode steps and put tokens between the question and
+            its answer that text never needs; with an empty memory the model then answers exactly as the
+            base model does. On: the official code's behaviour (every group of ``s`` text tokens, generated
+            ones included, gets a compression token).
         memory_source: which hidden states of layer ``l`` the memory of layer ``l`` is written from, at the
             compression tokens and readouts. ``"input"`` (default) takes the layer's input, the very space that
             injection writes back into at layer ``l``, so a FIFO entry presents the same keys and values to a
@@ -56,6 +63,7 @@ class CometConfig:
     global_memory: bool = True
     temporary_memory: bool = True
     gate: bool = True
+    open_chunk_compression: bool = False
     memory_source: str = "input"
     memory_lora_rank: int = 16
     memory_lora_alpha: int = 32
@@ -101,6 +109,11 @@ class CometConfig:
         return self.compression_stride if self.temporary_memory else 0
 
     @property
+    def open_stride(self) -> int:
+        """Compression stride of the open last chunk (0 unless ``open_chunk_compression``)."""
+        return self.stride if self.open_chunk_compression else 0
+
+    @property
     def fifo(self) -> int:
         """FIFO budget actually used (0 when temporary memory is off)."""
         return self.fifo_budget if self.temporary_memory else 0
@@ -115,7 +128,7 @@ class CometConfig:
         fingerprint covers the weights)."""
         d = self.to_dict()
         for k in ("lora_rank", "lora_alpha", "lora_targets", "memory_lora_rank", "memory_lora_alpha",
-                  "memory_lora_targets"):
+                  "memory_lora_targets", "open_chunk_compression"):
             d.pop(k)
         return d
 

@@ -14,11 +14,13 @@ Answering reads the state and never writes it. The open chunk's positions are lo
 tail, the prompt and the answer together must fit the base model's positions (``max_context_positions``);
 a prompt that cannot fit is refused before any computation, with the numbers.
 
-Compression tokens while generating: the open chunk follows the training layout exactly. A compression token
-follows each complete group of ``s`` text tokens once the next text token arrives, counting text tokens only
-(prompt and generated alike). So when the token about to be fed starts a new group, the engine feeds
-``[<beacon>, token]`` as one two-token step and keeps the logits of ``token``. The beacon changes what later
-tokens see exactly as it did in training, and logits of added tokens are never sampled.
+The open chunk follows the training layout exactly. By default it holds no compression tokens: it is never
+written to memory (its text is absorbed later, in a closed chunk laid out anew), so decoding feeds one token a
+step and, with an empty memory, answers exactly as the base model. With ``open_chunk_compression`` (the
+official code's behaviour) a compression token follows each complete group of ``s`` text tokens once the next
+text token arrives, counting text tokens only (prompt and generated alike): when the token about to be fed
+starts a new group, the engine feeds ``[<beacon>, token]`` as one two-token step and keeps the logits of
+``token``. Logits of added tokens are never sampled.
 
 Peak memory is one chunk of activations plus the state and, while answering, the open chunk's KV cache: it
 does not depend on how much was absorbed.
@@ -160,7 +162,7 @@ class MemoryEngine:
             text,
             num_global=cfg.m if bool(state.has_global[b]) else 0,
             num_temp=int(state.fifo_len[b]),
-            stride=cfg.stride,
+            stride=cfg.stride if closed else cfg.open_stride,
             num_readouts=cfg.m if closed else 0,
             closed=closed,
             ids=self.model.special,
@@ -260,7 +262,7 @@ class MemoryEngine:
         cfg = self.config
         slots = (cfg.m if bool(state.has_global[0]) else 0) + int(state.fifo_len[0])
         total = n_text + max_new_tokens
-        beacons = sum(compression_after(total, cfg.stride, closed=False))
+        beacons = sum(compression_after(total, cfg.open_stride, closed=False))
         need = slots + total + beacons
         if need > limit:
             pending = len(state.pending[0])
@@ -306,7 +308,7 @@ class MemoryEngine:
         self, state: MemoryState, batch: LayoutBatch, next_pos: int, n_text: int, max_new_tokens: int, stops: set[int]
     ) -> Iterator[int]:
         """Prefill the open chunk, then decode greedily (the loop of :meth:`generate_stream`)."""
-        stride = self.config.stride
+        stride = self.config.open_stride
         logits, cache = self.model.prefill_open_chunk(state, batch)
         for step in range(max_new_tokens):
             token = int(logits[0].argmax())
@@ -315,8 +317,8 @@ class MemoryEngine:
             yield token
             if step == max_new_tokens - 1:
                 return  # the last token is never fed
-            # A compression token follows each complete group of ``stride`` text tokens once the next text
-            # token arrives: feed [<beacon>, token] as one step and keep the logits of ``token``.
+            # With open_chunk_compression, a compression token follows each complete group of ``stride`` text
+            # tokens once the next text token arrives: feed [<beacon>, token] as one step, keep ``token``'s logits.
             feed = [token]
             if stride and n_text % stride == 0:
                 feed = [self.model.special.compression, token]

@@ -7,10 +7,11 @@ Pure functions, no model state. One chunk's layout (docs/architecture.md):
 * chunk 0 of a stream has no slots (there is no memory yet);
 * a *closed* chunk (absorbed into memory) puts a compression token after every group of ``s`` text tokens,
   the final partial group included, and ends with the m readouts;
-* the *open* last chunk (the one holding the question and the answer being generated) has no readouts, and
-  puts a compression token after a complete group only once a further text token follows it. Decoding keeps
-  that rule, which makes the layout of an open chunk the same whether its text came from the prompt or was
-  generated token by token.
+* the *open* last chunk (the one holding the question and the answer being generated) has no readouts and,
+  by default, no compression tokens (callers pass stride 0 for it; ``CometConfig.open_stride``). With
+  open-chunk compression it puts a compression token after a complete group only once a further text token
+  follows it; decoding keeps that rule, which makes the layout of an open chunk the same whether its text came
+  from the prompt or was generated token by token.
 
 Position ids are local to the chunk (0..len-1); a pad never consumes one.
 """
@@ -291,12 +292,14 @@ def sequence_layouts(
     stride: int,
     ids: SpecialIds,
     last_open: bool,
+    open_stride: int | None = None,
 ) -> list[ChunkLayout]:
     """Layouts of a whole sequence of chunks starting from empty memory (training's chunk plan).
 
     The FIFO fill and first-chunk rule follow from the plan alone: chunk c gets ``min(B, entries so far)``
     temporary slots and global slots once an earlier chunk had readouts. With ``last_open`` the final chunk is
-    laid out as at inference (no readouts, open final group).
+    laid out as at inference (no readouts, open final group), with compression stride ``open_stride`` (default:
+    ``stride``; 0 places no compression tokens in it).
     """
     layouts: list[ChunkLayout] = []
     q, has_global = 0, False
@@ -306,7 +309,7 @@ def sequence_layouts(
             text,
             num_global=num_global if has_global else 0,
             num_temp=q,
-            stride=stride,
+            stride=stride if closed or open_stride is None else open_stride,
             num_readouts=num_global if closed else 0,
             closed=closed,
             ids=ids,

@@ -77,16 +77,22 @@ def test_count_tokens_and_max_context_positions(engine: MemoryEngine) -> None:
     assert engine.max_context_positions == 512  # tests/tiny.py: max_position_embeddings
 
 
-def test_a_prompt_that_cannot_fit_the_positions_is_refused_with_the_numbers(engine: MemoryEngine) -> None:
-    state = engine.new_state()  # no memory slots, nothing pending: the open chunk is text and beacons only
-    # s = 4: n text tokens need n + (n - 1) // 4 positions; 410 -> 512 fits, 411 -> 513 does not.
+@pytest.mark.parametrize("open_compression", [False, True])
+def test_a_prompt_that_cannot_fit_the_positions_is_refused_with_the_numbers(engine: MemoryEngine,
+                                                                            open_compression: bool) -> None:
+    if open_compression:
+        engine = MemoryEngine(tiny_chat_model(engine.model.inner.config.model_type, open_chunk_compression=True))
+    state = engine.new_state()  # no memory slots, nothing pending: the open chunk is text (and beacons) only
+    # Without open-chunk compression n text tokens need n positions: 512 fits, 513 does not. With it (s = 4)
+    # they need n + (n - 1) // 4: 410 fits, 411 -> 513 does not.
+    fits, beacons = (10, 102) if open_compression else (112, 0)
     prompt = engine.encode("x" * 400)
-    out = engine.generate(state, prompt, max_new_tokens=10, stop_ids=[])  # the last positions work
-    assert len(out) == 10
-    with pytest.raises(ValueError, match=r"needs 513 positions \(memory slots 0 \+ pending tail 0 \+ prompt 400 "
-                                         r"\+ max_new_tokens 11 \+ compression tokens 102\) but the base model has "
-                                         r"512 \(max_position_embeddings\)"):
-        engine.generate_stream(state, prompt, max_new_tokens=11)  # refused at the call, before any computation
+    out = engine.generate(state, prompt, max_new_tokens=fits, stop_ids=[])  # the last positions work
+    assert len(out) == fits
+    with pytest.raises(ValueError, match=rf"needs 513 positions \(memory slots 0 \+ pending tail 0 \+ prompt 400 "
+                                         rf"\+ max_new_tokens {fits + 1} \+ compression tokens {beacons}\) but the "
+                                         r"base model has 512 \(max_position_embeddings\)"):
+        engine.generate_stream(state, prompt, max_new_tokens=fits + 1)  # refused at the call, before computing
     full = engine.absorb_text(engine.new_state(), STREAM * 2)
     slots = engine.config.m + int(full.fifo_len[0])
     pending = len(full.pending[0])

@@ -87,7 +87,7 @@ def test_layer_major_training_forward_equals_chunk_major_streaming(engine: Memor
     chunk_texts = split_into_chunks(toks, cfg.chunk_size)
     closed, tail = chunk_texts[:-1], chunk_texts[-1]
     layouts = sequence_layouts(closed + [tail + prompt], num_global=cfg.m, fifo_budget=cfg.fifo,
-                               stride=cfg.stride, ids=model.special, last_open=True)
+                               stride=cfg.stride, ids=model.special, last_open=True, open_stride=cfg.open_stride)
     batches = [pad_layouts([lay], model.special.pad) for lay in layouts]
     with torch.no_grad():
         out = model.forward_train(batches, return_logits=True)
@@ -330,7 +330,7 @@ def test_memory_lora_acts_only_at_added_token_positions() -> None:
     cfg = model.config
     toks = tokens(10, seed=5)
     layouts = sequence_layouts([toks], num_global=cfg.m, fifo_budget=cfg.fifo, stride=cfg.stride,
-                               ids=model.special, last_open=True)
+                               ids=model.special, last_open=False)
     batch = [pad_layouts(layouts, model.special.pad)]
     with torch.no_grad():
         a = model.forward_train(batch, return_logits=True)["logits"][0][0]
@@ -344,16 +344,30 @@ def test_memory_lora_acts_only_at_added_token_positions() -> None:
     assert (a[after] - b[after]).abs().max() > 1e-3
 
 
-def test_decode_steps_equal_prefill_of_the_longer_prompt() -> None:
-    """Greedy decoding (with its [<beacon>, token] steps) picks what a prefill of prompt + answer so far picks:
-    decode steps run compression tokens through the memory LoRA exactly as prefill does."""
-    engine = MemoryEngine(tiny_model("llama"))
+@pytest.mark.parametrize("open_compression", [False, True])
+def test_decode_steps_equal_prefill_of_the_longer_prompt(open_compression: bool) -> None:
+    """Greedy decoding picks what a prefill of prompt + answer so far picks; with open-chunk compression its
+    [<beacon>, token] steps run the compression tokens through the memory LoRA exactly as prefill does."""
+    engine = MemoryEngine(tiny_model("llama", open_chunk_compression=open_compression))
     state = engine.absorb(engine.new_state(), tokens(30, seed=8))
     prompt = tokens(5, seed=9)
     out = engine.generate(state, prompt, max_new_tokens=9, stop_ids=[])
     assert len(out) == 9
     for k in range(len(out)):
         assert int(recall_logits(engine, state, prompt + out[:k]).argmax()) == out[k]
+
+
+def test_open_chunk_without_compression_and_empty_memory_is_the_base_model() -> None:
+    """Default config: with nothing absorbed, answering runs the base model on the prompt alone."""
+    model = tiny_model("llama")
+    engine = MemoryEngine(model)
+    prompt = tokens(21, seed=12)
+    logits = recall_logits(engine, engine.new_state(), prompt)
+    with torch.no_grad():
+        base = model.backbone(input_ids=torch.tensor([prompt])).logits[:, -1]
+    torch.testing.assert_close(logits, base, atol=ATOL, rtol=1e-4)
+    batch, _, _ = engine.open_chunk(engine.new_state(), prompt)
+    assert not bool(model.is_added_token(batch.input_ids).any())
 
 
 @pytest.mark.parametrize("source", ["input", "output"])

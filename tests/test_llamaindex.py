@@ -345,8 +345,8 @@ def test_comet_llm_metadata_and_a_worst_case_prompt_fits(url, model) -> None:
     mem = ComeTMemory("alice", store=url, model=model)
     cfg = mem.model.config
     meta = ComeTLLM(memory=mem, max_new_tokens=10).metadata
-    # P=512, m=3, fifo=5, s=4, C=12: (512 - 8) * 4 // 5 - 11
-    assert meta.context_window == safe_context_window(mem) == 392
+    # P=512, m=3, fifo=5, C=12, no compression tokens in the open chunk: 512 - 8 - 11
+    assert meta.context_window == safe_context_window(mem) == 493
     assert meta.num_output == 10 and meta.is_chat_model and not meta.is_function_calling_model
     assert ComeTLLM(memory=mem, context_window=100).metadata.context_window == 100
     # Worst case: global memory and a full FIFO, a pending tail of C - 1 tokens.

@@ -95,7 +95,7 @@ def collate(examples: Sequence[TrainingExample], model: CometModel) -> tuple[lis
     per_example = []
     for ex in examples:
         lays = sequence_layouts(ex.chunk_texts, num_global=cfg.m, fifo_budget=cfg.fifo, stride=cfg.stride,
-                                ids=model.special, last_open=True)
+                                ids=model.special, last_open=True, open_stride=cfg.open_stride)
         per_example.append(lays)
     batches, weights = [], []
     for c in range(counts.pop()):

@@ -32,16 +32,18 @@ def safe_context_window(memory: ComeTMemory) -> int | None:
     """Prompt plus answer tokens that always fit the open chunk, whatever the memory state.
 
     The open chunk holds at most ``m`` global slots, ``fifo`` temporary slots, a pending tail of up to
-    ``chunk_size - 1`` tokens, the prompt and the answer, and one compression token per ``stride`` text tokens;
-    all of it must fit the base model's ``max_position_embeddings`` (P):
-    ``m + fifo + (C - 1 + T) * (s + 1) / s <= P``. None when the base model does not say P.
+    ``chunk_size - 1`` tokens, the prompt and the answer and, with ``open_chunk_compression``, one compression
+    token per ``s`` text tokens; all of it must fit the base model's ``max_position_embeddings`` (P):
+    ``m + fifo + C - 1 + T <= P`` (``m + fifo + (C - 1 + T) * (s + 1) / s <= P`` with open-chunk compression).
+    None when the base model does not say P.
     """
     limit = memory.engine.max_context_positions
     if limit is None:
         return None
     cfg = memory.model.config
     free = limit - cfg.m - cfg.fifo
-    text = free * cfg.stride // (cfg.stride + 1) if cfg.stride else free
+    s = cfg.open_stride
+    text = free * s // (s + 1) if s else free
     return max(text - (cfg.chunk_size - 1), 0)
 
 
