@@ -68,6 +68,7 @@ def main() -> None:
     ap.add_argument("--arm", choices=sorted(ARMS), required=True)
     ap.add_argument("--steps", type=int, default=120)
     ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--families", default="passkey_memory:1", help="family:weight pairs to train on")
     ap.add_argument("--tokens-per-micro-batch", type=int, default=1024)
     ap.add_argument("--eval-items", type=int, default=40)
     ap.add_argument("--threads", type=int, default=2)
@@ -82,14 +83,17 @@ def main() -> None:
     print(json.dumps({"arm": a.arm, "before": before}), flush=True)
     run = Path(a.out).with_suffix(".run")
     args = TrainArgs(output_dir=str(run), steps=a.steps, lr=a.lr, warmup_steps=10, curriculum=[(10**9, 1)],
-                     families={"passkey_memory": 1.0}, tokens_per_micro_batch=a.tokens_per_micro_batch,
+                     families={k: float(v) for k, v in (p.split(":") for p in a.families.split(","))},
+                     tokens_per_micro_batch=a.tokens_per_micro_batch,
                      save_every=10**9, log_every=10, gradient_checkpointing=False, smoke=True, comet=cfg.to_dict())
     t0 = time.time()
     result = train(args, model=model, log=lambda line: print(line, flush=True))
     after = evaluate(model, samples)
-    report = {"arm": a.arm, "config": cfg.to_dict(), "steps": a.steps, "lr": a.lr, "seconds": round(time.time() - t0),
+    report = {"arm": a.arm, "config": cfg.to_dict(), "steps": a.steps, "lr": a.lr, "families": a.families,
+              "seconds": round(time.time() - t0),
               "before": before, "after": after,
-              "loss_curve": [round(h["loss"], 4) for h in result["history"]]}
+              "loss_curve": [round(h["loss"], 4) for h in result["history"]],
+              "family_loss": [h["families"] for h in result["history"] if "families" in h]}
     Path(a.out).write_text(json.dumps(report, indent=1))
     print(json.dumps({k: report[k] for k in ("arm", "seconds", "before", "after")}), flush=True)
 
