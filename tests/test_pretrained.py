@@ -9,6 +9,7 @@ import torch
 
 from comet_agents import CometConfig, CometModel
 from comet_agents.engine import MemoryEngine
+from comet_agents.modeling import ADAPTER_FILE, WEIGHTS_DIR
 
 
 @pytest.mark.slow
@@ -35,3 +36,22 @@ def test_adapter_directory_round_trip(tmp_path) -> None:
 
     with pytest.raises(ValueError, match="another CometConfig"):
         CometModel.from_pretrained(str(tmp_path), config=CometConfig(chunk_size=512), device="cpu")
+
+
+SHIPPED = (WEIGHTS_DIR / ADAPTER_FILE).exists()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not SHIPPED, reason="no trained default adapter is shipped yet (issue 3)")
+@pytest.mark.parametrize("key", ["71432", "K7-Q2M9"])
+def test_shipped_adapter_recalls_a_pass_key_from_memory(tmp_path, key: str) -> None:
+    """Issue 3's CI acceptance: ComeTMemory() over a ~1.5k-token haystack with the key at its start answers
+    the key, which by then lies in a closed chunk (memory), not in the open chunk."""
+    from comet_agents import ComeTMemory
+    from comet_agents.training.data.passkey import make_passkey_haystack
+
+    mem = ComeTMemory("passkey", store=f"sqlite:///{tmp_path / 'store.db'}", device="cpu")
+    haystack = make_passkey_haystack(1500, 0.0, key, filler="classic", count_tokens=mem.count_tokens, seed=0)
+    mem.absorb(haystack)
+    assert mem.stats.chunks >= 1 and key not in mem.engine.tokenizer.decode(mem.state.pending[0])
+    assert key in mem.recall("What is the pass key?")
