@@ -477,6 +477,18 @@ def test_recall_span_answer_is_the_text_right_after_a_unique_cue(seed: int) -> N
     assert s.meta["depth"] <= 0.62
 
 
+@pytest.mark.parametrize("style", ["prose", "logs", "user_events", "agent_steps", "chat"])
+def test_recall_span_works_on_short_streams(style: str) -> None:
+    """Training asks for streams from about a chunk long: every style must yield a sample from ~60 tokens on."""
+    from comet_agents.training.data import recall_span
+
+    for seed in range(40):
+        target = 60 + (seed * 37) % 200
+        s = recall_span.generate(seed, target, style=style)
+        answer = s.qa[0].answer
+        assert s.stream.count(s.meta["cue"]) == 1 and 4 <= len(answer.split()) <= 40
+
+
 def test_passkey_memory_keeps_the_key_in_the_first_part_of_the_stream() -> None:
     from comet_agents.training.data import passkey
 

@@ -1,7 +1,7 @@
 """Span recall: "the text had a passage beginning with <cue>; continue it word for word".
 
 An autoencoding target for the memory itself: the answer is a stretch of the stream (8 to 40 words following a
-unique cue of 4 to 8 words), so every answer token supervises something that only memory holds once the passage
+unique cue of 4 to 8 words; fewer, down to 4, when the stream is too short), so every answer token supervises something that only memory holds once the passage
 lies in a closed chunk. Pass-key questions supervise a handful of digits; this family supervises whole
 passages of every filler style the other families use (prose, service logs, shopper events, agent steps, chat),
 which is what teaches the compression tokens to write down *what the text said*, not one planted fact.
@@ -75,12 +75,14 @@ def generate(
         raise ValueError(f"unknown style {style!r} (known: {', '.join(STYLES)})")
     stream = _stream(random.Random(rng.getrandbits(64)), style, target_tokens, count_tokens)
     words = list(_WORD.finditer(stream))
-    for _ in range(50):
-        n_cue, n_answer = rng.randint(4, 8), rng.randint(8, 40)
-        if len(words) < n_cue + n_answer + 1:
+    for attempt in range(100):
+        depth = max_depth if attempt < 50 else 1.0  # short streams: allow any depth before giving up
+        n_cue = rng.randint(4, 8)
+        n_answer = min(rng.randint(8, 40), len(words) - n_cue)
+        if n_answer < 4:
             break
         last_start = len(words) - n_cue - n_answer
-        start = int(rng.random() * max_depth * last_start)
+        start = int(rng.random() * depth * last_start)
         cue = stream[words[start].start() : words[start + n_cue - 1].end()]
         if "\n" in cue or stream.count(cue) != 1:
             continue
