@@ -72,6 +72,7 @@ def main() -> None:
     ap.add_argument("--tokens-per-micro-batch", type=int, default=1024)
     ap.add_argument("--eval-items", type=int, default=40)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--skip-before", action="store_true", help="do not evaluate the untrained arm first")
     ap.add_argument("--out", required=True)
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
@@ -79,7 +80,7 @@ def main() -> None:
     cfg = CometConfig(**SMALL, **ARMS[a.arm])
     model = CometModel.from_pretrained(DEFAULT_BASE, config=cfg, device="cpu")
     samples = held_out(model, a.eval_items)
-    before = evaluate(model, samples)
+    before = None if a.skip_before else evaluate(model, samples)
     print(json.dumps({"arm": a.arm, "before": before}), flush=True)
     run = Path(a.out).with_suffix(".run")
     args = TrainArgs(output_dir=str(run), steps=a.steps, lr=a.lr, warmup_steps=10, curriculum=[(10**9, 1)],

@@ -57,6 +57,24 @@ def _stream(rng: random.Random, style: str, target_tokens: int, count_tokens: To
     return "".join(parts)
 
 
+def _place(rng: random.Random, stream: str, max_depth: float) -> tuple[str, str, int, int] | None:
+    """(cue, answer, cue offset, answer words) for a unique one-line cue in ``stream``, or None."""
+    words = list(_WORD.finditer(stream))
+    for attempt in range(100):
+        depth = max_depth if attempt < 50 else 1.0  # short streams: allow any depth before giving up
+        n_cue = rng.randint(4, 8)
+        n_answer = min(rng.randint(8, 40), len(words) - n_cue)
+        if n_answer < 4:
+            return None
+        start = int(rng.random() * depth * (len(words) - n_cue - n_answer))
+        cue = stream[words[start].start() : words[start + n_cue - 1].end()]
+        if "\n" in cue or stream.count(cue) != 1:
+            continue
+        answer = stream[words[start + n_cue].start() : words[start + n_cue + n_answer - 1].end()].strip()
+        return cue, answer, words[start].start(), n_answer
+    return None
+
+
 def generate(
     seed: int,
     target_tokens: int,
@@ -73,20 +91,12 @@ def generate(
     style = style or rng.choice(STYLES)
     if style not in STYLES:
         raise ValueError(f"unknown style {style!r} (known: {', '.join(STYLES)})")
-    stream = _stream(random.Random(rng.getrandbits(64)), style, target_tokens, count_tokens)
-    words = list(_WORD.finditer(stream))
-    for attempt in range(100):
-        depth = max_depth if attempt < 50 else 1.0  # short streams: allow any depth before giving up
-        n_cue = rng.randint(4, 8)
-        n_answer = min(rng.randint(8, 40), len(words) - n_cue)
-        if n_answer < 4:
-            break
-        last_start = len(words) - n_cue - n_answer
-        start = int(rng.random() * depth * last_start)
-        cue = stream[words[start].start() : words[start + n_cue - 1].end()]
-        if "\n" in cue or stream.count(cue) != 1:
+    for grow in (1, 2, 4):  # a stream too short for a unique one-line cue is drawn again, longer
+        stream = _stream(random.Random(rng.getrandbits(64)), style, target_tokens * grow, count_tokens)
+        found = _place(rng, stream, max_depth)
+        if found is None:
             continue
-        answer = stream[words[start + n_cue].start() : words[start + n_cue + n_answer - 1].end()].strip()
+        cue, answer, start_char, n_answer = found
         question = rng.choice(QUESTIONS).format(cue=cue)
         meta = {
             "seed": seed,
@@ -94,7 +104,7 @@ def generate(
             "tokens": count_tokens(stream),
             "style": style,
             "cue": cue,
-            "depth": round(words[start].start() / max(1, len(stream)), 4),
+            "depth": round(start_char / max(1, len(stream)), 4),
             "answer_words": n_answer,
             "qa_kinds": ["recall_span"],
         }
