@@ -58,6 +58,7 @@ log = logging.getLogger(__name__)
 
 SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "qwen3", "mistral")
 ADAPTER_FILE = "comet_adapter.safetensors"
+MEMORY_MASK = "memory_lora_mask"  # chunk-context key of the memory-LoRA mask (not passed to the decoder layers)
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 MEMORY_TOKEN = "<|memory|>"
 COMPRESSION_TOKEN = "<beacon>"
@@ -293,16 +294,22 @@ class CometModel(nn.Module):
         return hook
 
     @contextmanager
-    def memory_positions(self, input_ids: torch.Tensor) -> Iterator[None]:
-        """Run the memory LoRA at the added-token positions of ``input_ids`` inside this block."""
-        if self.memory_lora is None:
+    def memory_positions(self, mask: torch.Tensor | None) -> Iterator[None]:
+        """Run the memory LoRA where ``mask`` (from :meth:`added_mask`) is 1 inside this block; None: nowhere."""
+        if mask is None:
             yield
             return
-        self._memory_positions.mask = self.is_added_token(input_ids)[..., None].float()
+        self._memory_positions.mask = mask
         try:
             yield
         finally:
             self._memory_positions.mask = None
+
+    def added_mask(self, input_ids: torch.Tensor) -> torch.Tensor | None:
+        """(B, T, 1) float mask of the added-token positions for the memory LoRA; None without one."""
+        if self.memory_lora is None:
+            return None
+        return self.is_added_token(input_ids)[..., None].float()
 
     def is_added_token(self, input_ids: torch.Tensor) -> torch.Tensor:
         """Where ``input_ids`` holds one of CoMeT's added tokens (slot placeholder, readout, compression)."""
@@ -387,12 +394,13 @@ class CometModel(nn.Module):
         return torch.where(is_special[..., None], extra.to(emb.dtype), emb)
 
     def chunk_context(self, batch: LayoutBatch, hidden: torch.Tensor) -> dict[str, Any]:
-        """Mask and rotary embeddings of a chunk batch, shared by all layers."""
+        """Mask, rotary embeddings and memory-LoRA mask of a chunk batch, computed once for all layers."""
         mask = causal_mask(batch.lengths, batch.input_ids.shape[1])
         return {
             "attention_mask": to_attention_mask(mask, self.attn_implementation, hidden.dtype),
             "position_ids": batch.position_ids,
             "position_embeddings": self.inner.rotary_emb(hidden, batch.position_ids),
+            MEMORY_MASK: self.added_mask(batch.input_ids),
         }
 
     def layer_step(
@@ -425,8 +433,9 @@ class CometModel(nn.Module):
             src = torch.where(batch.temp_valid[..., None], Q[:, : idx.shape[1]].to(x.dtype), cur)
             x = x.scatter(1, idx, src)
 
-        with self.memory_positions(batch.input_ids):
-            y = self.inner.layers[layer](x, past_key_values=cache, use_cache=cache is not None, **ctx)
+        layer_kwargs = {k: v for k, v in ctx.items() if k != MEMORY_MASK}
+        with self.memory_positions(ctx.get(MEMORY_MASK)):
+            y = self.inner.layers[layer](x, past_key_values=cache, use_cache=cache is not None, **layer_kwargs)
         if isinstance(y, tuple):
             y = y[0]
         src = x if self.config.memory_source == "input" else y
@@ -602,6 +611,8 @@ class CometModel(nn.Module):
         self, cache: Any, input_ids: torch.Tensor, position_ids: torch.Tensor, past_lengths: torch.Tensor
     ) -> torch.Tensor:
         """Feed ``input_ids`` (B, k) after the cache; returns logits (B, k, V). Nothing is written to memory."""
+        # Decoding feeds added tokens only with open-chunk compression; look on the host (ids come from there).
+        lora_mask = self.added_mask(input_ids) if bool(self.is_added_token(input_ids).any()) else None
         input_ids = input_ids.to(self.device)
         position_ids = position_ids.to(self.device)
         hidden = self.embed(input_ids)
@@ -612,7 +623,7 @@ class CometModel(nn.Module):
             "position_ids": position_ids,
             "position_embeddings": self.inner.rotary_emb(hidden, position_ids),
         }
-        with self.memory_positions(input_ids):
+        with self.memory_positions(None if lora_mask is None else lora_mask.to(self.device)):
             for layer in range(self.num_layers):
                 hidden = self.inner.layers[layer](hidden, past_key_values=cache, use_cache=True, **ctx)
                 if isinstance(hidden, tuple):
