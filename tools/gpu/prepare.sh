@@ -14,7 +14,18 @@ grep -qx '/.whl/' .git/info/exclude || echo '/.whl/' >> .git/info/exclude
 gguf=$(.venv/bin/python -c 'from comet_agents.base_models import default_gguf_path; print(default_gguf_path())')
 mkdir -p .gpu .whl
 tree=$( { git ls-files -z; git ls-files -z --others --exclude-standard; } | xargs -0 du -cb 2>/dev/null | tail -1 | cut -f1)
-part=$(( 64 * 1024 * 1024 - tree - 3 * 1024 * 1024 ))
+rm -rf .gpu/ckpt
+# Optional $1: a checkpoint directory returned by an earlier call (the lent machine starts bare). It travels in
+# .gpu/ckpt/ beside the second part, so the first part is made as large as its call allows.
+if [ -n "${1:-}" ]; then
+  mkdir -p .gpu/ckpt && cp "$1"/comet_adapter.safetensors "$1"/comet_config.json "$1"/optim_*.safetensors \
+    "$1"/trainer_state.json .gpu/ckpt/
+  part=$(( 64 * 1024 * 1024 - tree - 1024 * 1024 ))
+  rest=$(( $(stat -c %s "$gguf") - part + $(du -cb .gpu/ckpt | tail -1 | cut -f1) + tree ))
+  [ "$rest" -lt $(( 64 * 1024 * 1024 - 256 * 1024 )) ] || { echo "checkpoint too large to travel in two calls"; exit 1; }
+else
+  part=$(( 64 * 1024 * 1024 - tree - 3 * 1024 * 1024 ))
+fi
 echo "tree ${tree} bytes -> GGUF parts of ${part} bytes"
 rm -f .gpu/gguf.part.*
 split -b "$part" "$gguf" .gpu/gguf.part.

@@ -4,6 +4,7 @@
 set -euo pipefail
 mkdir -p /root/gguf /root/wheels
 for f in .gpu/gguf.part.*; do [ -f "$f" ] && cp "$f" /root/gguf/; done
+if [ -d .gpu/ckpt ]; then mkdir -p /root/run/checkpoint && cp .gpu/ckpt/* /root/run/checkpoint/; fi
 [ -d .whl ] && cp .whl/* /root/wheels/ || true
 ls -la /root/gguf /root/wheels
 nvidia-smi --query-gpu=name,memory.total,memory.used --format=csv

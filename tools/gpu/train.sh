@@ -11,5 +11,5 @@ mkdir -p $run
 ckpt=training/smollm2-default/checkpoint
 if [ -f $ckpt/trainer_state.json ] && [ ! -f $run/checkpoint/trainer_state.json ]; then cp -r $ckpt $run/checkpoint; fi
 python3 -m comet_agents.cli train --output-dir $run --save-every 50 --log-every 10 --num-workers 12 "$@" 2>&1 \
-  | tr '\r' '\n' | grep -v 'it/s' | tee $OUT/train.log
+  | tr '\r' '\n' | sed -E 's/^.*(\{"step")/\1/' | grep -v 'it/s' | tee $OUT/train.log
 cp $run/checkpoint/* $OUT/
