@@ -200,6 +200,13 @@ def load_checkpoint(directory: Path, model: CometModel, opt: torch.optim.Optimiz
     return int(state["step"]), list(state.get("history", []))
 
 
+def _peak_memory(device: torch.device) -> dict[str, float]:
+    """Peak accelerator memory so far, for sizing ``tokens_per_micro_batch`` (empty on CPU)."""
+    if device.type != "cuda":
+        return {}
+    return {"peak_gib": round(torch.cuda.max_memory_allocated(device) / 2**30, 2)}
+
+
 def _dist_info() -> tuple[int, int]:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
@@ -296,7 +303,7 @@ def train(args: TrainArgs, *, model: CometModel | None = None, sample_fn: Callab
             history[-1]["families"] = per_family
             log(json.dumps({"step": step, "loss": round(loss, 5), "grad_norm": round(grad_norm, 3),
                             "tokens_per_s": round(tokens * world / elapsed), "elapsed_s": round(elapsed, 1),
-                            "family_loss": per_family}))
+                            "family_loss": per_family, **_peak_memory(device)}))
         stop = deadline is not None and time.time() > deadline
         if world > 1:
             flag = torch.tensor([float(stop)], device=device)

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# Run ON THE GPU MACHINE after stage.sh calls: resume from the committed checkpoint (training/smollm2-default) unless
-# this machine already holds a newer one, train with the given arguments, then return the checkpoint and the
-# log through $OUT. Example:
-#   bash tools/gpu/train.sh --steps 3000 --lr 3e-4 --warmup-steps 30 --curriculum 100:1,300:2,1000000000:4 \
-#        --families passkey:0.5,user_behaviour:0.2,agent_trajectory:0.15,conversation:0.15 --max-minutes 8
+# Run ON THE GPU MACHINE after the stage.sh calls: resume from /root/run/checkpoint (staged from .gpu/ckpt, or left
+# by an earlier call on this machine), else from a committed training/smollm2-default/checkpoint, else start
+# fresh; train with the given arguments; return the checkpoint (5 files) and train.log through $OUT. The device
+# tool brings back at most 8 files a call: eval.sh and bench.sh add one JSON each.
+#   bash tools/gpu/train.sh --steps 4000 --lr 1e-3 ... --max-minutes 7
 set -uo pipefail
 source tools/gpu/env.sh
 run=/root/run
