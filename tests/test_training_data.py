@@ -40,8 +40,8 @@ def _gen(family: str, seed: int, target: int, **kw) -> Sample:
 
 
 def test_families_registry():
-    assert set(FAMILIES) == {"passkey", "passkey_memory", "recall_span", "user_behaviour", "agent_trajectory",
-                             "conversation"}
+    assert set(FAMILIES) == {"passkey", "passkey_memory", "passkey_multi", "recall_span", "user_behaviour",
+                             "agent_trajectory", "conversation"}
     from comet_agents.training.data import common
 
     assert common.FAMILIES is FAMILIES
@@ -496,3 +496,24 @@ def test_passkey_memory_keeps_the_key_in_the_first_part_of_the_stream() -> None:
         s = passkey.generate_in_memory(seed, 3000)
         assert s.meta["depth"] <= 0.55
         assert s.stream.index(s.meta["key"]) < 0.62 * len(s.stream)
+
+
+@pytest.mark.parametrize("seed", range(16))
+def test_passkey_multi_asks_each_labelled_key_once(seed: int) -> None:
+    s = FAMILIES["passkey_multi"](seed, 2000)
+    keys, labels = s.meta["keys"], s.meta["labels"]
+    assert 2 <= len(keys) <= 4 and len(set(labels)) == len(labels) == len(keys)
+    assert all(a == b or (a not in b and b not in a) for a in keys for b in keys)
+    asked = {}
+    for qa in s.qa:
+        named = [lab for lab in labels if lab in qa.question]
+        assert len(named) == 1, qa.question
+        asked[named[0]] = qa.answer
+    assert asked == dict(zip(labels, keys))
+    offsets = s.meta["needle_char_offsets"]
+    assert offsets == sorted(offsets) and offsets[-1] < 0.7 * len(s.stream)
+    for key, lab, off in zip(keys, labels, offsets):
+        needle_end = s.stream.index("\n", off)
+        assert s.stream.count(key) == s.stream[off:needle_end].count(key) >= 1
+        assert lab in s.stream[off:needle_end]
+

@@ -150,6 +150,7 @@ def _families() -> dict[str, Callable[..., Sample]]:
         _FAMILIES = {
             "passkey": passkey.generate,
             "passkey_memory": passkey.generate_in_memory,
+            "passkey_multi": passkey.generate_multi,
             "recall_span": recall_span.generate,
             "user_behaviour": user_behaviour.generate,
             "agent_trajectory": agent_trajectory.generate,

@@ -38,6 +38,7 @@ __all__ = [
     "make_passkey_haystack",
     "generate",
     "generate_in_memory",
+    "generate_multi",
 ]
 
 FAMILY = "passkey"
@@ -180,12 +181,18 @@ def _group_sizes(seed: int, joiner: str) -> Iterator[int]:
         yield rng.randint(lo, hi)
 
 
-def _assemble(units: list[str], k: int, needle_units: tuple[str, str], joiner: str | None, group_seed: int) -> str:
-    """Filler units with the needle inserted before unit ``k``, rendered."""
-    raw_needle, rendered_needle = needle_units
+def _assemble(units: list[str], ks: list[int], needles: list[tuple[str, str]], joiner: str | None,
+              group_seed: int) -> str:
+    """Filler units with needle ``i`` inserted before unit ``ks[i]`` (``ks`` non-decreasing), rendered."""
     if joiner is None:
-        return "".join(units[:k]) + rendered_needle + "".join(units[k:])
-    seq = units[:k] + [raw_needle] + units[k:]
+        parts, prev = [], 0
+        for k, (_, rendered) in zip(ks, needles):
+            parts += units[prev:k] + [rendered]
+            prev = k
+        return "".join(parts + units[prev:])
+    seq = list(units)
+    for k, (raw, _) in reversed(list(zip(ks, needles))):  # back to front: earlier indices stay valid
+        seq.insert(k, raw)
     out: list[str] = []
     sizes = _group_sizes(group_seed, joiner)
     i = 0
@@ -219,23 +226,26 @@ def _insert_index(unit_tokens: list[int], depth: float) -> int:
 def _haystack(
     rng: random.Random,
     target_tokens: int,
-    depth: float,
-    needle: str,
+    depths: list[float],
+    needles: list[str],
     style: str,
     count_tokens: TokenCounter,
     needle_role: str | None = None,
 ) -> str:
+    """Filler of about ``target_tokens`` tokens with ``needles[i]`` at relative depth ``depths[i]`` (sorted)."""
     source, joiner = _units(style, rng, target_tokens)
     group_seed = rng.getrandbits(64)
-    rendered_needle = render(ChatMessage(needle_role, needle)) if needle_role else render(TextEvent(needle))
-    needle_tokens = count_tokens(rendered_needle)
+    needle_units = [
+        (n, render(ChatMessage(needle_role, n)) if needle_role else render(TextEvent(n))) for n in needles
+    ]
+    needle_tokens = sum(count_tokens(rendered) for _, rendered in needle_units)
     sep = joiner or ""
     units: list[str] = []
     unit_tokens: list[int] = []
 
     def text_for(n: int) -> str:
-        k = _insert_index(unit_tokens[:n], depth)
-        return _assemble(units[:n], k, (needle, rendered_needle), joiner, group_seed)
+        ks = [_insert_index(unit_tokens[:n], d) for d in depths]
+        return _assemble(units[:n], ks, needle_units, joiner, group_seed)
 
     # Draw units until the whole text reaches the target ...
     goal = target_tokens - needle_tokens
@@ -275,21 +285,25 @@ def _check_args(target_tokens: int, depth: float, key: str, filler: str) -> None
 def _build(
     rng: random.Random,
     target_tokens: int,
-    depth: float,
-    key: str,
-    needle: str,
+    depth: float | list[float],
+    key: str | list[str],
+    needle: str | list[str],
     filler: str,
     count_tokens: TokenCounter,
     needle_role: str | None = None,
 ) -> str:
-    expected = needle.count(key)
+    """The haystack, regenerated in the rare case its filler contains a key (each key only in the needles)."""
+    depths = [depth] if isinstance(depth, float) else list(depth)
+    keys = [key] if isinstance(key, str) else list(key)
+    needles = [needle] if isinstance(needle, str) else list(needle)
+    expected = {k: sum(n.count(k) for n in needles) for k in keys}
     text = ""
-    for _ in range(10):  # regenerate the filler in the rare case it contains the key
-        text = _haystack(random.Random(rng.getrandbits(64)), target_tokens, depth, needle, filler, count_tokens,
+    for _ in range(10):
+        text = _haystack(random.Random(rng.getrandbits(64)), target_tokens, depths, needles, filler, count_tokens,
                          needle_role)
-        if text.count(key) == expected:
+        if all(text.count(k) == c for k, c in expected.items()):
             return text
-    raise ValueError(f"could not build a filler without the key {key!r}; choose a less common key")
+    raise ValueError(f"could not build a filler without the keys {keys!r}; choose less common keys")
 
 
 def make_passkey_haystack(
@@ -368,3 +382,66 @@ def generate_in_memory(seed: int, target_tokens: int, count_tokens: TokenCounter
     sample = generate(seed, target_tokens, count_tokens, depth=round(rng.random() * 0.55, 3))
     sample.family = "passkey_memory"
     return sample
+
+
+MULTI_LABELS = (
+    "blue door", "red door", "north gate", "south gate", "server room", "archive", "garage", "basement",
+    "front office", "back office", "wine cellar", "rooftop", "library", "workshop", "vault", "locker",
+    "laboratory", "boiler room", "east wing", "west wing", "staff lounge", "mail room", "green cabinet",
+    "loading dock",
+)
+MULTI_NEEDLES = (
+    "The pass key for the {label} is {key}. Remember it: the {label} pass key is {key}.",
+    "Note: the {label} opens with pass key {key}. Once more, {label}: {key}.",
+    "Pass key of the {label}: {key}. Keep it in mind, the {label} needs {key}.",
+    "Remember this: to enter the {label}, use the pass key {key}. The {label} key is {key}.",
+    "Important - the pass key for the {label} is {key}. Again: {key} for the {label}.",
+)
+MULTI_QUESTIONS = (
+    "What is the pass key for the {label}?",
+    "Which pass key opens the {label}?",
+    "Tell me the pass key of the {label}.",
+    "What was the pass key given for the {label}?",
+    "Recall the {label} pass key.",
+)
+
+
+def generate_multi(seed: int, target_tokens: int, count_tokens: TokenCounter = approx_tokens) -> Sample:
+    """Two to four labelled pass keys (family ``passkey_multi``), each asked for in turn.
+
+    Keys sit in the first 60 % of the stream (so, with training's chunk plans, in closed chunks) at distinct
+    depths, each tied to a label ("the pass key for the server room is 48213"). Every question names one label,
+    so the answer has to come from the right memory entry, not from "the only number seen". Several answers per
+    stream give several times the supervised tokens of one pass key for the same absorbed tokens. No key is a
+    substring of another, so each occurs only inside its own needle.
+    """
+    check_target(target_tokens)
+    rng = make_rng(seed, FAMILY + "-multi")
+    n = rng.randint(2, 4)
+    labels = rng.sample(MULTI_LABELS, n)
+    keys: list[str] = []
+    while len(keys) < n:
+        key = make_key(rng)
+        if all(key not in k and k not in key for k in keys):
+            keys.append(key)
+    depths = sorted(round(rng.random() * 0.6, 3) for _ in range(n))
+    filler = rng.choices(sorted(_STYLE_WEIGHTS), weights=[_STYLE_WEIGHTS[s] for s in sorted(_STYLE_WEIGHTS)])[0]
+    needles = [rng.choice(MULTI_NEEDLES).format(label=lab, key=key) for lab, key in zip(labels, keys)]
+    role = "user" if filler in ("chat", "user_events", "agent_steps") and rng.random() < 0.4 else None
+    stream = _build(rng, target_tokens, depths, keys, needles, filler, count_tokens, role)
+    order = list(range(n))
+    rng.shuffle(order)
+    qa = [QA(rng.choice(MULTI_QUESTIONS).format(label=labels[i]), keys[i]) for i in order]
+    meta = {
+        "seed": seed,
+        "target_tokens": target_tokens,
+        "tokens": count_tokens(stream),
+        "keys": keys,
+        "labels": labels,
+        "depths": depths,
+        "filler": filler,
+        "needle_role": role,
+        "needle_char_offsets": [stream.index(nd) for nd in needles],
+        "qa_kinds": ["passkey_multi"] * n,
+    }
+    return Sample("passkey_multi", stream, qa, meta)
