@@ -58,7 +58,7 @@ log = logging.getLogger(__name__)
 
 SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "qwen3", "mistral")
 ADAPTER_FILE = "comet_adapter.safetensors"
-MEMORY_MASK = "memory_lora_mask"  # chunk-context key of the memory-LoRA mask (not passed to the decoder layers)
+MEMORY_ROWS = "memory_lora_rows"  # chunk-context key of the memory-LoRA rows (not passed to the decoder layers)
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 MEMORY_TOKEN = "<|memory|>"
 COMPRESSION_TOKEN = "<beacon>"
@@ -109,8 +109,8 @@ class LayerMemory(nn.Module):
 class MemoryLoRA(nn.Module):
     """Per-layer low-rank deltas ``scale * up(down(x))`` for the Linears named in ``targets``.
 
-    Applied by forward hooks on those Linears, and only where :attr:`CometModel._memory_positions` is set
-    (the added-token positions of the batch being run). ``up`` starts at zero, so a new memory LoRA changes
+    Applied by forward hooks on those Linears, and only at the rows :attr:`CometModel._memory_positions` names
+    (the added-token positions of the batch being run, flattened over batch and time). ``up`` starts at zero, so a new memory LoRA changes
     nothing until it is trained.
     """
 
@@ -287,29 +287,35 @@ class CometModel(nn.Module):
 
     def _memory_lora_hook(self, lora: MemoryLoRA, name: str) -> Callable[..., torch.Tensor | None]:
         def hook(module: nn.Module, inputs: tuple[Any, ...], output: torch.Tensor) -> torch.Tensor | None:
-            mask = getattr(self._memory_positions, "mask", None)
-            if mask is None:
+            rows = getattr(self._memory_positions, "rows", None)
+            if rows is None:
                 return None
-            return output + (lora.delta(name, inputs[0]) * mask).to(output.dtype)
+            # Only the added-token rows (about a fifth of a chunk) go through the low-rank path.
+            x = inputs[0].reshape(-1, inputs[0].shape[-1]).index_select(0, rows)
+            flat = output.reshape(-1, output.shape[-1])
+            return flat.index_add(0, rows, lora.delta(name, x).to(output.dtype)).view_as(output)
         return hook
 
     @contextmanager
-    def memory_positions(self, mask: torch.Tensor | None) -> Iterator[None]:
-        """Run the memory LoRA where ``mask`` (from :meth:`added_mask`) is 1 inside this block; None: nowhere."""
-        if mask is None:
+    def memory_positions(self, rows: torch.Tensor | None) -> Iterator[None]:
+        """Run the memory LoRA at ``rows`` (from :meth:`added_rows`) inside this block, in this thread only;
+        None: nowhere."""
+        if rows is None:
             yield
             return
-        self._memory_positions.mask = mask
+        self._memory_positions.rows = rows
         try:
             yield
         finally:
-            self._memory_positions.mask = None
+            self._memory_positions.rows = None
 
-    def added_mask(self, input_ids: torch.Tensor) -> torch.Tensor | None:
-        """(B, T, 1) float mask of the added-token positions for the memory LoRA; None without one."""
+    def added_rows(self, input_ids: torch.Tensor) -> torch.Tensor | None:
+        """Flat (batch x time) indices of the added-token positions, for the memory LoRA; None when there is no
+        memory LoRA or no added token (then the backbone runs alone)."""
         if self.memory_lora is None:
             return None
-        return self.is_added_token(input_ids)[..., None].float()
+        rows = self.is_added_token(input_ids).reshape(-1).nonzero().squeeze(1)
+        return rows if rows.numel() else None
 
     def is_added_token(self, input_ids: torch.Tensor) -> torch.Tensor:
         """Where ``input_ids`` holds one of CoMeT's added tokens (slot placeholder, readout, compression)."""
@@ -394,13 +400,13 @@ class CometModel(nn.Module):
         return torch.where(is_special[..., None], extra.to(emb.dtype), emb)
 
     def chunk_context(self, batch: LayoutBatch, hidden: torch.Tensor) -> dict[str, Any]:
-        """Mask, rotary embeddings and memory-LoRA mask of a chunk batch, computed once for all layers."""
+        """Mask, rotary embeddings and memory-LoRA rows of a chunk batch, computed once for all layers."""
         mask = causal_mask(batch.lengths, batch.input_ids.shape[1])
         return {
             "attention_mask": to_attention_mask(mask, self.attn_implementation, hidden.dtype),
             "position_ids": batch.position_ids,
             "position_embeddings": self.inner.rotary_emb(hidden, batch.position_ids),
-            MEMORY_MASK: self.added_mask(batch.input_ids),
+            MEMORY_ROWS: self.added_rows(batch.input_ids),
         }
 
     def layer_step(
@@ -433,8 +439,8 @@ class CometModel(nn.Module):
             src = torch.where(batch.temp_valid[..., None], Q[:, : idx.shape[1]].to(x.dtype), cur)
             x = x.scatter(1, idx, src)
 
-        layer_kwargs = {k: v for k, v in ctx.items() if k != MEMORY_MASK}
-        with self.memory_positions(ctx.get(MEMORY_MASK)):
+        layer_kwargs = {k: v for k, v in ctx.items() if k != MEMORY_ROWS}
+        with self.memory_positions(ctx.get(MEMORY_ROWS)):
             y = self.inner.layers[layer](x, past_key_values=cache, use_cache=cache is not None, **layer_kwargs)
         if isinstance(y, tuple):
             y = y[0]
@@ -612,7 +618,7 @@ class CometModel(nn.Module):
     ) -> torch.Tensor:
         """Feed ``input_ids`` (B, k) after the cache; returns logits (B, k, V). Nothing is written to memory."""
         # Decoding feeds added tokens only with open-chunk compression; look on the host (ids come from there).
-        lora_mask = self.added_mask(input_ids) if bool(self.is_added_token(input_ids).any()) else None
+        lora_rows = self.added_rows(input_ids)
         input_ids = input_ids.to(self.device)
         position_ids = position_ids.to(self.device)
         hidden = self.embed(input_ids)
@@ -623,7 +629,7 @@ class CometModel(nn.Module):
             "position_ids": position_ids,
             "position_embeddings": self.inner.rotary_emb(hidden, position_ids),
         }
-        with self.memory_positions(None if lora_mask is None else lora_mask.to(self.device)):
+        with self.memory_positions(None if lora_rows is None else lora_rows.to(self.device)):
             for layer in range(self.num_layers):
                 hidden = self.inner.layers[layer](hidden, past_key_values=cache, use_cache=True, **ctx)
                 if isinstance(hidden, tuple):

@@ -396,8 +396,8 @@ def test_memory_source_decides_what_is_written() -> None:
     assert (inp[0].fifo[1:] - inp[1].fifo[1:]).abs().max() > 1e-3
 
 
-def test_forwards_in_two_threads_do_not_share_the_memory_lora_mask() -> None:
-    """The added-token mask is per thread: concurrent absorbs of differently shaped batches on one model give
+def test_forwards_in_two_threads_do_not_share_the_memory_lora_rows() -> None:
+    """The added-token rows are per thread: concurrent absorbs of differently shaped batches on one model give
     what they give alone (within float tolerance: threads may split the matrix products differently)."""
     import threading
 
