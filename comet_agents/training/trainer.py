@@ -261,9 +261,16 @@ def train(args: TrainArgs, *, model: CometModel | None = None, sample_fn: Callab
     t0, tokens, step = time.time(), 0, start
     acc_loss, acc_n, micro_i = 0.0, 0, 0
     fam_loss: dict[str, list[float]] = {}
+    # Where the wall time goes between two log lines: waiting for the data workers, collating, the rest (GPU).
+    split = {"data_s": 0.0, "collate_s": 0.0, "compute_s": 0.0}
+    mark = time.perf_counter()
     deadline = t0 + 60 * args.max_minutes if args.max_minutes else None
     for step_of_batch, examples in loader:
+        got = time.perf_counter()
+        split["data_s"] += got - mark
         batches, weights = collate(examples, model)
+        mark = time.perf_counter()
+        split["collate_s"] += mark - got
         recompute = args.gradient_checkpointing and len(batches) >= args.checkpoint_from_chunks
         out = model.forward_train(batches, loss_weights=weights, gradient_checkpointing=recompute)
         for ex, sample_loss in zip(examples, out["sample_loss"].tolist()):
@@ -275,6 +282,8 @@ def train(args: TrainArgs, *, model: CometModel | None = None, sample_fn: Callab
         tokens += sum(ex.num_tokens for ex in examples)
         micro_i += 1
         if micro_i < args.grad_accum:
+            split["compute_s"] += time.perf_counter() - mark
+            mark = time.perf_counter()
             continue
         micro_i = 0
         if world > 1:
@@ -289,6 +298,7 @@ def train(args: TrainArgs, *, model: CometModel | None = None, sample_fn: Callab
             g["lr"] = g["base_lr"] * factor
         opt.step()
         opt.zero_grad(set_to_none=True)
+        split["compute_s"] += time.perf_counter() - mark
         loss = acc_loss / max(1, acc_n)
         history.append({"step": step, "loss": loss, "grad_norm": grad_norm, "lr": args.lr * factor,
                         "chunks": args.chunks_at(step) + 1})
@@ -303,7 +313,9 @@ def train(args: TrainArgs, *, model: CometModel | None = None, sample_fn: Callab
             history[-1]["families"] = per_family
             log(json.dumps({"step": step, "loss": round(loss, 5), "grad_norm": round(grad_norm, 3),
                             "tokens_per_s": round(tokens * world / elapsed), "elapsed_s": round(elapsed, 1),
-                            "family_loss": per_family, **_peak_memory(device)}))
+                            "family_loss": per_family, **_peak_memory(device),
+                            **{k: round(v, 2) for k, v in split.items()}}))
+            split = dict.fromkeys(split, 0.0)
         stop = deadline is not None and time.time() > deadline
         if world > 1:
             flag = torch.tensor([float(stop)], device=device)
@@ -314,6 +326,7 @@ def train(args: TrainArgs, *, model: CometModel | None = None, sample_fn: Callab
         if stop:
             log(f"time budget reached at step {step}")
             break
+        mark = time.perf_counter()
     bar.close()
     model.eval()
     model.invalidate_fingerprint()
