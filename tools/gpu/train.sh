@@ -2,14 +2,29 @@
 # Run ON THE GPU MACHINE after the stage.sh calls: resume from /root/run/checkpoint (staged from .gpu/ckpt, or left
 # by an earlier call on this machine), else from a committed training/smollm2-default/checkpoint, else start
 # fresh; train with the given arguments; return the checkpoint (5 files) and train.log through $OUT. The device
-# tool brings back at most 8 files a call: eval.sh and bench.sh add one JSON each.
-#   bash tools/gpu/train.sh --steps 4000 --lr 1e-3 ... --max-minutes 7
+# tool brings back at most 8 files a call: eval.sh and bench.sh add one JSON each. If the run dies of CUDA out of
+# memory, it is resumed once with half the micro-batch (the last --tokens-per-micro-batch given wins).
+#   bash tools/gpu/train.sh --steps 4000 --lr 1e-3 ... --tokens-per-micro-batch 65536 --max-minutes 7
 set -uo pipefail
 source tools/gpu/env.sh
 run=/root/run
 mkdir -p $run
 ckpt=training/smollm2-default/checkpoint
 if [ -f $ckpt/trainer_state.json ] && [ ! -f $run/checkpoint/trainer_state.json ]; then cp -r $ckpt $run/checkpoint; fi
-python3 -m comet_agents.cli train --output-dir $run --save-every 50 --log-every 10 --num-workers 12 "$@" 2>&1 \
-  | tr '\r' '\n' | sed -E 's/^.*(\{"step")/\1/' | grep -v 'it/s' | tee $OUT/train.log
+train() {
+  python3 -m comet_agents.cli train --output-dir $run --save-every 50 --log-every 10 --num-workers 12 "$@" 2>&1 \
+    | tr '\r' '\n' | sed -E 's/^.*(\{"step")/\1/' | grep -v 'it/s' | tee -a $OUT/train.log
+}
+start=$(date +%s)
+train "$@"
+if grep -q "OutOfMemoryError" $OUT/train.log; then
+  tokens=32768
+  prev=$(echo " $* " | grep -oE -- '--tokens-per-micro-batch[ =][0-9]+' | tail -1 | grep -oE '[0-9]+$' || true)
+  [ -n "$prev" ] && tokens=$(( prev / 2 ))
+  # Keep the call's time budget: subtract the minutes already spent from the last --max-minutes given.
+  left=$(python3 -c "import re,sys; a=' '.join(sys.argv[2:]); m=re.findall(r'--max-minutes[ =]([0-9.]+)', a); \
+print(max(0.5, float(m[-1]) - (int(sys.argv[1]) / 60)) if m else '')" $(( $(date +%s) - start )) "$@")
+  echo "== out of memory: resuming with --tokens-per-micro-batch $tokens" | tee -a $OUT/train.log
+  train "$@" --tokens-per-micro-batch $tokens ${left:+--max-minutes $left}
+fi
 cp $run/checkpoint/* $OUT/
