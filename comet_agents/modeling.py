@@ -110,8 +110,8 @@ class MemoryLoRA(nn.Module):
     """Per-layer low-rank deltas ``scale * up(down(x))`` for the Linears named in ``targets``.
 
     Applied by forward hooks on those Linears, and only at the rows :attr:`CometModel._memory_positions` names
-    (the added-token positions of the batch being run, flattened over batch and time). ``up`` starts at zero, so a new memory LoRA changes
-    nothing until it is trained.
+    (the added-token positions of the batch being run, flattened over batch and time). ``up`` starts at zero,
+    so a new memory LoRA changes nothing until it is trained.
     """
 
     def __init__(self, linears: dict[str, nn.Module], rank: int, alpha: float, gen: torch.Generator) -> None:

@@ -285,17 +285,14 @@ def _check_args(target_tokens: int, depth: float, key: str, filler: str) -> None
 def _build(
     rng: random.Random,
     target_tokens: int,
-    depth: float | list[float],
-    key: str | list[str],
-    needle: str | list[str],
+    depths: list[float],
+    keys: list[str],
+    needles: list[str],
     filler: str,
     count_tokens: TokenCounter,
     needle_role: str | None = None,
 ) -> str:
     """The haystack, regenerated in the rare case its filler contains a key (each key only in the needles)."""
-    depths = [depth] if isinstance(depth, float) else list(depth)
-    keys = [key] if isinstance(key, str) else list(key)
-    needles = [needle] if isinstance(needle, str) else list(needle)
     expected = {k: sum(n.count(k) for n in needles) for k in keys}
     text = ""
     for _ in range(10):
@@ -304,6 +301,16 @@ def _build(
         if all(text.count(k) == c for k, c in expected.items()):
             return text
     raise ValueError(f"could not build a filler without the keys {keys!r}; choose less common keys")
+
+
+def _pick_filler(rng: random.Random) -> str:
+    styles = sorted(_STYLE_WEIGHTS)
+    return rng.choices(styles, weights=[_STYLE_WEIGHTS[s] for s in styles], k=1)[0]
+
+
+def _pick_needle_role(rng: random.Random, filler: str) -> str | None:
+    """Sometimes the user says the needle, in fillers made of chat-like events."""
+    return "user" if filler in ("chat", "user_events", "agent_steps") and rng.random() < 0.4 else None
 
 
 def make_passkey_haystack(
@@ -327,7 +334,7 @@ def make_passkey_haystack(
     if key not in sentence:
         raise ValueError(f"needle {sentence!r} does not contain the key {key!r}")
     rng = make_rng(seed, f"{FAMILY}-haystack")
-    return _build(rng, target_tokens, float(depth), key, sentence, filler, count_tokens)
+    return _build(rng, target_tokens, [float(depth)], [key], [sentence], filler, count_tokens)
 
 
 def generate(
@@ -346,13 +353,12 @@ def generate(
         r = rng.random()
         depth = 0.0 if r < 0.08 else 1.0 if r < 0.16 else round(rng.random(), 3)
     if filler is None:
-        styles = sorted(_STYLE_WEIGHTS)
-        filler = rng.choices(styles, weights=[_STYLE_WEIGHTS[s] for s in styles], k=1)[0]
+        filler = _pick_filler(rng)
     _check_args(target_tokens, depth, key, filler)
     template_index = rng.randrange(len(NEEDLE_TEMPLATES))
     needle = NEEDLE_TEMPLATES[template_index].format(key=key)
-    role = "user" if filler in ("chat", "user_events", "agent_steps") and rng.random() < 0.4 else None
-    stream = _build(rng, target_tokens, float(depth), key, needle, filler, count_tokens, role)
+    role = _pick_needle_role(rng, filler)
+    stream = _build(rng, target_tokens, [float(depth)], [key], [needle], filler, count_tokens, role)
     question = rng.choice(QUESTIONS)
     offset = stream.index(needle)
     meta = {
@@ -425,9 +431,9 @@ def generate_multi(seed: int, target_tokens: int, count_tokens: TokenCounter = a
         if all(key not in k and k not in key for k in keys):
             keys.append(key)
     depths = sorted(round(rng.random() * 0.6, 3) for _ in range(n))
-    filler = rng.choices(sorted(_STYLE_WEIGHTS), weights=[_STYLE_WEIGHTS[s] for s in sorted(_STYLE_WEIGHTS)])[0]
+    filler = _pick_filler(rng)
     needles = [rng.choice(MULTI_NEEDLES).format(label=lab, key=key) for lab, key in zip(labels, keys)]
-    role = "user" if filler in ("chat", "user_events", "agent_steps") and rng.random() < 0.4 else None
+    role = _pick_needle_role(rng, filler)
     stream = _build(rng, target_tokens, depths, keys, needles, filler, count_tokens, role)
     order = list(range(n))
     rng.shuffle(order)
