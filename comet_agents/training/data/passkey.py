@@ -416,10 +416,14 @@ def generate_multi(seed: int, target_tokens: int, count_tokens: TokenCounter = a
     """Two to four labelled pass keys (family ``passkey_multi``), each asked for in turn.
 
     Keys sit in the first 60 % of the stream (so, with training's chunk plans, in closed chunks) at distinct
-    depths, each tied to a label ("the pass key for the server room is 48213"). Every question names one label,
-    so the answer has to come from the right memory entry, not from "the only number seen". Several answers per
-    stream give several times the supervised tokens of one pass key for the same absorbed tokens. No key is a
-    substring of another, so each occurs only inside its own needle.
+    depths, each tied to a label ("the pass key for the server room is 48213"). In half of the samples the last
+    key is instead the very end of the stream (depth 1), so it lies in the open chunk: the model has to take
+    some answers from memory and others from its local context, chosen by the label. A mix whose keys all sit in
+    memory taught the model to ignore keys in plain sight (2026-12-01: 0 % at depths 75-100 % of 1,500 tokens
+    after 760 such steps). Every question names one label, so the answer has to come from the right entry, not
+    from "the only number seen". Several answers per stream give several times the supervised tokens of one
+    pass key for the same absorbed tokens. No key is a substring of another, so each occurs only inside its own
+    needle.
     """
     check_target(target_tokens)
     rng = make_rng(seed, FAMILY + "-multi")
@@ -431,6 +435,9 @@ def generate_multi(seed: int, target_tokens: int, count_tokens: TokenCounter = a
         if all(key not in k and k not in key for k in keys):
             keys.append(key)
     depths = sorted(round(rng.random() * 0.6, 3) for _ in range(n))
+    local = rng.random() < 0.5
+    if local:
+        depths[-1] = 1.0
     filler = _pick_filler(rng)
     needles = [rng.choice(MULTI_NEEDLES).format(label=lab, key=key) for lab, key in zip(labels, keys)]
     role = _pick_needle_role(rng, filler)
@@ -445,6 +452,7 @@ def generate_multi(seed: int, target_tokens: int, count_tokens: TokenCounter = a
         "keys": keys,
         "labels": labels,
         "depths": depths,
+        "local_key": local,
         "filler": filler,
         "needle_role": role,
         "needle_char_offsets": [stream.index(nd) for nd in needles],
