@@ -13,7 +13,7 @@ ckpt=training/smollm2-default/checkpoint
 if [ -f $ckpt/trainer_state.json ] && [ ! -f $run/checkpoint/trainer_state.json ]; then cp -r $ckpt $run/checkpoint; fi
 train() {
   python3 -m comet_agents.cli train --output-dir $run --save-every 50 --log-every 10 --num-workers 12 "$@" 2>&1 \
-    | tr '\r' '\n' | sed -E 's/^.*(\{"step")/\1/' | grep -v 'it/s' | tee -a $OUT/train.log
+    | tr '\r' '\n' | sed -E 's/^.*(\{"step")/\1/' | grep -v -E 'it/s|s/it' | tee -a $OUT/train.log
 }
 start=$(date +%s)
 train "$@"
