@@ -533,7 +533,7 @@ class CometModel(nn.Module):
                 has_S, q_len = flags[c]
                 args = (layer, hidden[c], batch, ctxs[c], S, has_S, Q, q_len)
                 if gradient_checkpointing and torch.is_grad_enabled():
-                    hidden[c], S, Q = checkpoint(self.layer_step, *args, use_reentrant=False)
+                    hidden[c], S, Q = self._recomputed(self.layer_step, *args)
                 else:
                     hidden[c], S, Q = self.layer_step(*args)
             final_S.append(S)
@@ -553,7 +553,7 @@ class CometModel(nn.Module):
             w = (loss_weights[c].to(self.device) if loss_weights is not None
                  else (batch.labels != IGNORE_INDEX).float())
             if gradient_checkpointing and torch.is_grad_enabled():
-                row_loss, row_weight = checkpoint(self._chunk_loss, hidden[c], batch.labels, w, use_reentrant=False)
+                row_loss, row_weight = self._recomputed(self._chunk_loss, hidden[c], batch.labels, w)
             else:
                 row_loss, row_weight = self._chunk_loss(hidden[c], batch.labels, w)
             sample_loss = sample_loss + row_loss
@@ -568,6 +568,21 @@ class CometModel(nn.Module):
         if return_logits:
             out["logits"] = logits_out
         return out
+
+    def _recomputed(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """``fn(*args)`` under activation checkpointing: only the inputs are kept, the rest is recomputed in backward.
+
+        The reentrant variant is used whenever an input tensor requires grad (always in training: the hidden
+        states depend on the trainable added-token embeddings). Its host overhead per call is far below the
+        non-reentrant one, which packs and unpacks every saved tensor through Python hooks: on a host-bound
+        tiny model (2-core CPU, 2026-12-01) a checkpointed step took 1.6 x the plain step with it and 2.5 x with
+        the non-reentrant variant, and dispatch-bound GPU runs pay the same host cost. The RNG state is not
+        stashed unless the base uses dropout: nothing else in a step draws random numbers.
+        """
+        preserve = bool(getattr(self.backbone.config, "attention_dropout", 0.0)) and self.training
+        if any(isinstance(a, torch.Tensor) and a.requires_grad for a in args):
+            return checkpoint(fn, *args, use_reentrant=True, preserve_rng_state=preserve)
+        return checkpoint(fn, *args, use_reentrant=False, preserve_rng_state=preserve)
 
     def _chunk_loss(
         self, hidden: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor

@@ -80,3 +80,34 @@ def test_training_refuses_cpu_without_smoke(tmp_path) -> None:
     args.smoke = False
     with pytest.raises(RuntimeError, match="needs a CUDA GPU"):
         train(args, model=tiny_model("llama"), sample_fn=key_recall_batch)
+
+
+@pytest.mark.parametrize("embeddings_train", [True, False])
+def test_activation_checkpointing_gives_the_plain_gradients(embeddings_train: bool) -> None:
+    """Recomputation must not change the loss or any gradient: with trainable added-token embeddings (hidden
+    states require grad: the reentrant path) and with them frozen (no input requires grad: non-reentrant)."""
+    from comet_agents.training.examples import collate
+
+    model = tiny_model("llama", lora_rank=4, memory_lora_rank=4)
+    model.train()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    trainable = list(model.memory.parameters()) + list(model.memory_lora.parameters())
+    trainable += [p for n, p in model.backbone.named_parameters() if "lora_" in n]
+    if embeddings_train:
+        trainable.append(model.special_embeddings)
+    for p in trainable:
+        p.requires_grad_(True)
+    batches, weights = collate(key_recall_batch(0, 0), model)
+    results = []
+    for recompute in (False, True):
+        for p in trainable:
+            p.grad = None
+        out = model.forward_train(batches, loss_weights=weights, gradient_checkpointing=recompute)
+        out["loss"].backward()
+        results.append((out["loss"].detach(), [p.grad.clone() for p in trainable]))
+    (loss_a, grads_a), (loss_b, grads_b) = results
+    assert torch.equal(loss_a, loss_b)
+    assert sum(bool(g.abs().sum() > 0) for g in grads_a) > len(grads_a) // 2  # the comparison is not vacuous
+    for a, b in zip(grads_a, grads_b):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
