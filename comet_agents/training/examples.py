@@ -15,8 +15,9 @@ from typing import Any
 
 import torch
 
+from ..config import CometConfig
 from ..engine import chat_question
-from ..layout import LayoutBatch, layout_labels, pad_layouts, sequence_layouts, shift_labels
+from ..layout import LayoutBatch, SpecialIds, layout_labels, pad_layouts, sequence_layouts, shift_labels
 from ..modeling import CometModel
 
 
@@ -86,22 +87,42 @@ def encode_sample(sample: Any, tokenizer: Any, chunk_size: int, *, lm_weight: fl
     )
 
 
+@dataclass(frozen=True)
+class Collator:
+    """Examples -> padded chunk batches, from the model's layout settings only (no tensors of the model), so
+    that the trainer's data workers can collate while the GPU trains."""
+
+    config: CometConfig
+    special: SpecialIds
+
+    @classmethod
+    def for_model(cls, model: CometModel) -> "Collator":
+        return cls(model.config, model.special)
+
+    def __call__(self, examples: Sequence[TrainingExample]) -> tuple[list[LayoutBatch], list[torch.Tensor]]:
+        return _collate(examples, self.config, self.special)
+
+
 def collate(examples: Sequence[TrainingExample], model: CometModel) -> tuple[list[LayoutBatch], list[torch.Tensor]]:
     """Padded chunk batches (with labels) and per-position loss weights; all examples need equal chunk counts."""
+    return _collate(examples, model.config, model.special)
+
+
+def _collate(examples: Sequence[TrainingExample], cfg: CometConfig,
+             special: SpecialIds) -> tuple[list[LayoutBatch], list[torch.Tensor]]:
     counts = {ex.num_chunks for ex in examples}
     if len(counts) != 1:
         raise ValueError(f"examples in one batch must have the same number of chunks, got {sorted(counts)}")
-    cfg = model.config
     per_example = []
     for ex in examples:
         lays = sequence_layouts(ex.chunk_texts, num_global=cfg.m, fifo_budget=cfg.fifo, stride=cfg.stride,
-                                ids=model.special, last_open=True, open_stride=cfg.open_stride)
+                                ids=special, last_open=True, open_stride=cfg.open_stride)
         per_example.append(lays)
     batches, weights = [], []
     for c in range(counts.pop()):
         lays = [p[c] for p in per_example]
         labs = [layout_labels(lay, ex.chunk_labels[c]) for lay, ex in zip(lays, examples)]
-        batch = pad_layouts(lays, model.special.pad, labels=labs)
+        batch = pad_layouts(lays, special.pad, labels=labs)
         w = torch.zeros(batch.input_ids.shape, dtype=torch.float32)
         for b, (lay, ex) in enumerate(zip(lays, examples)):
             w[b, list(lay.text_index)] = torch.tensor(ex.chunk_weights[c], dtype=torch.float32)

@@ -28,8 +28,9 @@ from safetensors.torch import load_file, save_file
 
 from ..base_models import DEFAULT_BASE
 from ..config import CometConfig
+from ..layout import LayoutBatch
 from ..modeling import ADAPTER_FILE, CometModel
-from .examples import TrainingExample, collate, encode_sample
+from .examples import Collator, TrainingExample, encode_sample
 
 STATE_FILE = "trainer_state.json"
 
@@ -118,20 +119,22 @@ class SampleSource:
 
 
 class _MicroBatches(torch.utils.data.Dataset):
-    """Index i -> (step, micro-batch) for this rank; workers generate data while the GPU trains."""
+    """Index i -> (step, micro-batch, its padded chunk batches, loss weights) for this rank; the data workers
+    generate and collate while the GPU trains."""
 
-    def __init__(self, micro_batch: Callable[[int, int], list[TrainingExample]], start_step: int, steps: int,
-                 accum: int, rank: int, world: int):
-        self.micro_batch, self.start, self.steps, self.accum, self.rank, self.world = (
-            micro_batch, start_step, steps, accum, rank, world)
+    def __init__(self, micro_batch: Callable[[int, int], list[TrainingExample]], collator: Collator,
+                 start_step: int, steps: int, accum: int, rank: int, world: int):
+        self.micro_batch, self.collator, self.start, self.steps, self.accum, self.rank, self.world = (
+            micro_batch, collator, start_step, steps, accum, rank, world)
 
     def __len__(self) -> int:
         return (self.steps - self.start) * self.accum
 
-    def __getitem__(self, i: int) -> tuple[int, list[TrainingExample]]:
+    def __getitem__(self, i: int) -> tuple[int, list[TrainingExample], list[LayoutBatch], list[torch.Tensor]]:
         step = self.start + i // self.accum
         micro = (i % self.accum) * self.world + self.rank
-        return step, self.micro_batch(step, micro)
+        examples = self.micro_batch(step, micro)
+        return step, examples, *self.collator(examples)
 
 
 def trainable_groups(model: CometModel, args: TrainArgs) -> list[dict[str, Any]]:
@@ -247,12 +250,13 @@ def train(args: TrainArgs, *, model: CometModel | None = None, sample_fn: Callab
     if sample_fn is None:
         source = SampleSource(args, model.tokenizer, model.config.chunk_size)
         sample_fn = source.micro_batch
-    dataset = _MicroBatches(sample_fn, start, args.steps, args.grad_accum, rank, world)
+    dataset = _MicroBatches(sample_fn, Collator.for_model(model), start, args.steps, args.grad_accum, rank, world)
     loader = torch.utils.data.DataLoader(
         dataset, batch_size=None, shuffle=False,
         num_workers=0 if args.smoke else args.num_workers,
         prefetch_factor=None if args.smoke else 4,
         persistent_workers=False,
+        pin_memory=device.type == "cuda",
     )
     params = [p for g in groups for p in g["params"]]
     from tqdm import tqdm
@@ -261,16 +265,15 @@ def train(args: TrainArgs, *, model: CometModel | None = None, sample_fn: Callab
     t0, tokens, step = time.time(), 0, start
     acc_loss, acc_n, micro_i = 0.0, 0, 0
     fam_loss: dict[str, list[float]] = {}
-    # Where the wall time goes between two log lines: waiting for the data workers, collating, the rest (GPU).
-    split = {"data_s": 0.0, "collate_s": 0.0, "compute_s": 0.0}
+    # Where the wall time goes between two log lines: waiting for the data workers (which also collate), the
+    # rest (GPU).
+    split = {"data_s": 0.0, "compute_s": 0.0}
     mark = time.perf_counter()
     deadline = t0 + 60 * args.max_minutes if args.max_minutes else None
-    for step_of_batch, examples in loader:
+    for step_of_batch, examples, batches, weights in loader:
         got = time.perf_counter()
         split["data_s"] += got - mark
-        batches, weights = collate(examples, model)
-        mark = time.perf_counter()
-        split["collate_s"] += mark - got
+        mark = got
         recompute = args.gradient_checkpointing and len(batches) >= args.checkpoint_from_chunks
         out = model.forward_train(batches, loss_weights=weights, gradient_checkpointing=recompute)
         for ex, sample_loss in zip(examples, out["sample_loss"].tolist()):
@@ -311,7 +314,8 @@ def train(args: TrainArgs, *, model: CometModel | None = None, sample_fn: Callab
             per_family = {k: round(sum(v) / len(v), 4) for k, v in sorted(fam_loss.items())}
             fam_loss = {}
             history[-1]["families"] = per_family
-            log(json.dumps({"step": step, "loss": round(loss, 5), "grad_norm": round(grad_norm, 3),
+            log(json.dumps({"step": step, "chunks": args.chunks_at(step - 1) + 1, "loss": round(loss, 5),
+                            "grad_norm": round(grad_norm, 3),
                             "tokens_per_s": round(tokens * world / elapsed), "elapsed_s": round(elapsed, 1),
                             "family_loss": per_family, **_peak_memory(device),
                             **{k: round(v, 2) for k, v in split.items()}}))

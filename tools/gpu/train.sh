@@ -13,11 +13,13 @@ ckpt=training/smollm2-default/checkpoint
 if [ -f $ckpt/trainer_state.json ] && [ ! -f $run/checkpoint/trainer_state.json ]; then cp -r $ckpt $run/checkpoint; fi
 train() {
   python3 -m comet_agents.cli train --output-dir $run --save-every 50 --log-every 10 --num-workers 12 "$@" 2>&1 \
-    | tr '\r' '\n' | sed -E 's/^.*(\{"step")/\1/' | grep -v -E 'it/s|s/it' | tee -a $OUT/train.log
+    | tr '\r' '\n' | sed -E 's/^.*(\{"step")/\1/' | grep -v -E 'it/s|s/it' | tee $run/call.log >> $OUT/train.log
+  # This call's steady speed (chunk-tokens/s), for train_ab.sh.
+  python3 tools/gpu/rate.py $run/call.log > $run/last_rate
 }
 start=$(date +%s)
 train "$@"
-if grep -q "OutOfMemoryError" $OUT/train.log; then
+if grep -q "OutOfMemoryError" $run/call.log; then
   tokens=32768
   prev=$(echo " $* " | grep -oE -- '--tokens-per-micro-batch[ =][0-9]+' | tail -1 | grep -oE '[0-9]+$' || true)
   [ -n "$prev" ] && tokens=$(( prev / 2 ))
