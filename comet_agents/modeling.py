@@ -59,6 +59,7 @@ log = logging.getLogger(__name__)
 SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "qwen3", "mistral")
 ADAPTER_FILE = "comet_adapter.safetensors"
 MEMORY_ROWS = "memory_lora_rows"  # chunk-context key of the memory-LoRA rows (not passed to the decoder layers)
+FIFO_PLAN = "fifo_plan"  # chunk-context key of the FIFO push plan (likewise)
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 MEMORY_TOKEN = "<|memory|>"
 COMPRESSION_TOKEN = "<beacon>"
@@ -133,25 +134,39 @@ class MemoryLoRA(nn.Module):
         return self.up[name](down(x.to(down.weight.dtype))) * self.scale
 
 
+def fifo_plan(
+    fifo_len: torch.Tensor, num_new: torch.Tensor, budget: int, width: int, d: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Where a FIFO push takes its rows from, for :func:`fifo_push`; the same for every layer of a chunk, so it
+    is computed once per chunk.
+
+    Returns the gather index ``(B, budget, d)`` into ``[fifo ; entries]`` (``width`` entry rows), the mask of
+    rows past the new length ``(B, budget, 1)`` and the new lengths ``(B,)``. Output row j of sample b is logical
+    row ``total - keep + j`` of ``[fifo[b, :len] ; entries[b, :n]]``.
+    """
+    total = fifo_len + num_new
+    keep = total.clamp(max=budget)
+    j = torch.arange(budget, device=fifo_len.device)
+    logical = (total - keep)[:, None] + j[None, :]
+    src = torch.where(logical < fifo_len[:, None], logical, budget + logical - fifo_len[:, None])
+    src = src.clamp(max=budget + width - 1)
+    empty = (j[None, :] >= keep[:, None])[..., None]
+    return src[..., None].expand(-1, -1, d), empty, keep
+
+
 def fifo_push(
-    fifo: torch.Tensor, fifo_len: torch.Tensor, entries: torch.Tensor, num_new: torch.Tensor
+    fifo: torch.Tensor, fifo_len: torch.Tensor, entries: torch.Tensor, num_new: torch.Tensor,
+    plan: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Append ``entries[b, :num_new[b]]`` to each FIFO and keep the newest ``B`` rows, oldest first.
 
-    Vectorised over the batch: output row j of sample b is logical row ``total - keep + j`` of
-    ``[fifo[b, :len] ; entries[b, :n]]``. Rows past the new length are zero.
+    Vectorised over the batch; rows past the new length are zero. ``plan`` is :func:`fifo_plan` of these
+    arguments, when the caller has it already.
     """
     bsz, budget, d = fifo.shape
-    total = fifo_len + num_new
-    keep = total.clamp(max=budget)
-    j = torch.arange(budget, device=fifo.device)
-    logical = (total - keep)[:, None] + j[None, :]
-    src = torch.where(logical < fifo_len[:, None], logical, budget + logical - fifo_len[:, None])
-    src = src.clamp(max=budget + entries.shape[1] - 1)
+    src, empty, keep = plan if plan is not None else fifo_plan(fifo_len, num_new, budget, entries.shape[1], d)
     combined = torch.cat([fifo, entries.to(fifo.dtype)], dim=1)
-    out = combined.gather(1, src[..., None].expand(-1, -1, d))
-    out = torch.where((j[None, :] < keep[:, None])[..., None], out, torch.zeros((), dtype=out.dtype, device=out.device))
-    return out, keep
+    return combined.gather(1, src).masked_fill(empty, 0), keep
 
 
 def _gather_rows(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -399,15 +414,20 @@ class CometModel(nn.Module):
         extra = self.special_embeddings[(input_ids - self.first_special_id).clamp(0, self.num_special - 1)]
         return torch.where(is_special[..., None], extra.to(emb.dtype), emb)
 
-    def chunk_context(self, batch: LayoutBatch, hidden: torch.Tensor) -> dict[str, Any]:
-        """Mask, rotary embeddings and memory-LoRA rows of a chunk batch, computed once for all layers."""
+    def chunk_context(self, batch: LayoutBatch, hidden: torch.Tensor, fifo_len: torch.Tensor) -> dict[str, Any]:
+        """Mask, rotary embeddings, memory-LoRA rows and the FIFO push plan of a chunk batch (``fifo_len``: the
+        FIFO fill before it), computed once for all layers."""
         mask = causal_mask(batch.lengths, batch.input_ids.shape[1])
-        return {
+        ctx = {
             "attention_mask": to_attention_mask(mask, self.attn_implementation, hidden.dtype),
             "position_ids": batch.position_ids,
             "position_embeddings": self.inner.rotary_emb(hidden, batch.position_ids),
             MEMORY_ROWS: self.added_rows(batch.input_ids),
         }
+        if self.config.fifo and batch.compression_index.shape[1] > 0:
+            ctx[FIFO_PLAN] = fifo_plan(fifo_len.to(hidden.device), batch.compression_valid.sum(1), self.config.fifo,
+                                       batch.compression_index.shape[1], hidden.shape[-1])
+        return ctx
 
     def layer_step(
         self,
@@ -439,7 +459,7 @@ class CometModel(nn.Module):
             src = torch.where(batch.temp_valid[..., None], Q[:, : idx.shape[1]].to(x.dtype), cur)
             x = x.scatter(1, idx, src)
 
-        layer_kwargs = {k: v for k, v in ctx.items() if k != MEMORY_ROWS}
+        layer_kwargs = {k: v for k, v in ctx.items() if k not in (MEMORY_ROWS, FIFO_PLAN)}
         with self.memory_positions(ctx.get(MEMORY_ROWS)):
             y = self.inner.layers[layer](x, past_key_values=cache, use_cache=cache is not None, **layer_kwargs)
         if isinstance(y, tuple):
@@ -459,7 +479,7 @@ class CometModel(nn.Module):
         if mem.temp_net is not None and Q is not None and batch.compression_index.shape[1] > 0:
             comp = _gather_rows(src, batch.compression_index).float()
             entries = mem.temp_net.adapter(mem.temp_net.norm(comp))
-            new_Q, _ = fifo_push(Q, q_len, entries, batch.compression_valid.sum(1))
+            new_Q, _ = fifo_push(Q, q_len, entries, batch.compression_valid.sum(1), ctx.get(FIFO_PLAN))
         return y, new_S, new_Q
 
     def _next_counters(self, batch: LayoutBatch, has_S: torch.Tensor, q_len: torch.Tensor):
@@ -479,7 +499,7 @@ class CometModel(nn.Module):
         self._check_batch(batch, state)
         batch = batch.to(self.device)
         hidden = self.embed(batch.input_ids)
-        ctx = self.chunk_context(batch, hidden)
+        ctx = self.chunk_context(batch, hidden, state.fifo_len)
         S_all = state.global_state if self.config.m else None
         Q_all = state.fifo if self.config.fifo else None
         for layer in range(self.num_layers):
@@ -519,12 +539,12 @@ class CometModel(nn.Module):
         bsz = chunks[0].input_ids.shape[0]
         d = self.hidden_size
         hidden = [self.embed(c.input_ids) for c in chunks]
-        ctxs = [self.chunk_context(c, h) for c, h in zip(chunks, hidden)]
         has_S0 = torch.zeros(bsz, dtype=torch.bool, device=self.device)
         q0 = torch.zeros(bsz, dtype=torch.long, device=self.device)
         flags = [(has_S0, q0)]
         for c in chunks[:-1]:
             flags.append(self._next_counters(c, *flags[-1]))
+        ctxs = [self.chunk_context(c, h, f[1]) for c, h, f in zip(chunks, hidden, flags)]
         final_S, final_Q = [], []
         for layer in range(self.num_layers):
             S = torch.zeros(bsz, cfg.m, d, device=self.device) if cfg.m else None
@@ -616,7 +636,7 @@ class CometModel(nn.Module):
         self._check_batch(batch, state)
         batch = batch.to(self.device)
         hidden = self.embed(batch.input_ids)
-        ctx = self.chunk_context(batch, hidden)
+        ctx = self.chunk_context(batch, hidden, state.fifo_len)
         cache = DynamicCache(config=self.inner.config)
         S_all = state.global_state if self.config.m else None
         Q_all = state.fifo if self.config.fifo else None
