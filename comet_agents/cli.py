@@ -103,6 +103,8 @@ def train(
     warmup_steps: int = 20,
     grad_accum: int = 1,
     tokens_per_micro_batch: int = 32768,
+    sequences_per_micro_batch: Annotated[int, typer.Option(
+        help="Sequences per micro-batch at every curriculum stage; overrides --tokens-per-micro-batch when > 0.")] = 0,
     curriculum: Annotated[str, typer.Option(help="until_step:chunks pairs, e.g. '200:2,500:4,1000000:8'.")] = "200:2,500:4,1000000000:8",
     families: Annotated[str, typer.Option(help="family:weight pairs.")] = "passkey:1",
     lm_weight: float = 0.0,
@@ -125,7 +127,7 @@ def train(
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     args = TrainArgs(
         output_dir=output_dir, base=base, steps=steps, lr=lr, warmup_steps=warmup_steps, grad_accum=grad_accum,
-        tokens_per_micro_batch=tokens_per_micro_batch,
+        tokens_per_micro_batch=tokens_per_micro_batch, sequences_per_micro_batch=sequences_per_micro_batch,
         curriculum=[(int(a), int(b)) for a, b in (p.split(":") for p in curriculum.split(","))],
         families={a: float(b) for a, b in (p.split(":") for p in families.split(","))},
         lm_weight=lm_weight, seed=seed, save_every=save_every, log_every=log_every, max_minutes=max_minutes,

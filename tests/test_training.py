@@ -111,3 +111,22 @@ def test_activation_checkpointing_gives_the_plain_gradients(embeddings_train: bo
     assert sum(bool(g.abs().sum() > 0) for g in grads_a) > len(grads_a) // 2  # the comparison is not vacuous
     for a, b in zip(grads_a, grads_b):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+
+
+def test_sequences_per_micro_batch_fixes_the_batch_at_every_stage() -> None:
+    from comet_agents.training.trainer import SampleSource
+
+    from tiny import tiny_chat_model
+
+    model = tiny_chat_model(chunk_size=64)
+    by_tokens = TrainArgs(output_dir="unused", families={"passkey": 1.0}, curriculum=[(1, 1), (10**9, 3)],
+                          tokens_per_micro_batch=640, smoke=True)
+    fixed = TrainArgs(output_dir="unused", families={"passkey": 1.0}, curriculum=[(1, 1), (10**9, 3)],
+                      tokens_per_micro_batch=640, sequences_per_micro_batch=3, smoke=True)
+    sizes = {name: [len(SampleSource(a, model.tokenizer, 64).micro_batch(step, 0)) for step in (0, 1)]
+             for name, a in (("tokens", by_tokens), ("sequences", fixed))}
+    assert sizes == {"tokens": [5, 2], "sequences": [3, 3]}
+    batch = SampleSource(fixed, model.tokenizer, 64).micro_batch(1, 0)
+    assert {ex.num_chunks for ex in batch} == {4}
+    with pytest.raises(ValueError, match="sequences_per_micro_batch"):
+        TrainArgs(output_dir="unused", sequences_per_micro_batch=-1)

@@ -49,6 +49,7 @@ class TrainArgs:
     grad_clip: float = 1.0
     grad_accum: int = 1
     tokens_per_micro_batch: int = 32768
+    sequences_per_micro_batch: int = 0  # when > 0, overrides tokens_per_micro_batch
     curriculum: list[tuple[int, int]] = field(default_factory=lambda: [(200, 2), (500, 4), (10**9, 8)])
     families: dict[str, float] = field(default_factory=lambda: {"passkey": 1.0})
     lm_weight: float = 0.0
@@ -61,6 +62,11 @@ class TrainArgs:
     checkpoint_from_chunks: int = 0
     smoke: bool = False
     comet: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.tokens_per_micro_batch < 1 or self.sequences_per_micro_batch < 0:
+            raise ValueError(f"tokens_per_micro_batch must be >= 1 and sequences_per_micro_batch >= 0, got "
+                             f"{self.tokens_per_micro_batch} and {self.sequences_per_micro_batch}")
 
     def chunks_at(self, step: int) -> int:
         """Closed chunks per sequence at ``step`` (curriculum: list of (until_step, chunks))."""
@@ -102,7 +108,9 @@ class SampleSource:
     def micro_batch(self, step: int, micro: int) -> list[TrainingExample]:
         args, C = self.args, self.chunk_size
         n = args.chunks_at(step)
-        size = max(1, args.tokens_per_micro_batch // ((n + 1) * C))
+        # A fixed number of sequences keeps the tokens per op, and so a dispatch-bound step's speed, the same at
+        # every curriculum stage; a fixed token budget shrinks the batch as sequences grow.
+        size = args.sequences_per_micro_batch or max(1, args.tokens_per_micro_batch // ((n + 1) * C))
         rng = random.Random(f"{args.seed}/{step}/{micro}")
         out: list[TrainingExample] = []
         attempts = 0
