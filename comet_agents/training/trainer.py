@@ -218,6 +218,26 @@ def _peak_memory(device: torch.device) -> dict[str, float]:
     return {"peak_gib": round(torch.cuda.max_memory_allocated(device) / 2**30, 2)}
 
 
+def _prepare_worker_sharing(num_workers: int) -> None:
+    """Make room for the collated batches the data workers send: each holds about a hundred tensors, and with
+    PyTorch's default ``file_descriptor`` sharing every queued tensor keeps a file descriptor open (thousands
+    with a dozen workers prefetching). Raise the soft open-file limit to the hard one, and fall back to
+    ``file_system`` sharing where even that is low."""
+    if num_workers <= 0:
+        return
+    try:
+        import resource
+    except ImportError:  # not on POSIX: PyTorch uses another sharing scheme there
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = hard if hard != resource.RLIM_INFINITY else 65536
+    if soft != resource.RLIM_INFINITY and soft < want:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+        soft = want
+    if soft != resource.RLIM_INFINITY and soft < 512 * num_workers:
+        torch.multiprocessing.set_sharing_strategy("file_system")
+
+
 def _dist_info() -> tuple[int, int]:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
@@ -258,11 +278,13 @@ def train(args: TrainArgs, *, model: CometModel | None = None, sample_fn: Callab
     if sample_fn is None:
         source = SampleSource(args, model.tokenizer, model.config.chunk_size)
         sample_fn = source.micro_batch
+    workers = 0 if args.smoke else args.num_workers
+    _prepare_worker_sharing(workers)
     dataset = _MicroBatches(sample_fn, Collator.for_model(model), start, args.steps, args.grad_accum, rank, world)
     loader = torch.utils.data.DataLoader(
         dataset, batch_size=None, shuffle=False,
-        num_workers=0 if args.smoke else args.num_workers,
-        prefetch_factor=None if args.smoke else 4,
+        num_workers=workers,
+        prefetch_factor=4 if workers else None,
         persistent_workers=False,
         pin_memory=device.type == "cuda",
     )
