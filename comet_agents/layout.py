@@ -222,12 +222,6 @@ class LayoutBatch:
                  for k, v in self.__dict__.items()}
         return LayoutBatch(**moved)
 
-    def pin_memory(self) -> "LayoutBatch":
-        """A copy in page-locked host memory (DataLoader's ``pin_memory=True`` calls this), so that ``to`` can
-        copy to the GPU asynchronously."""
-        return LayoutBatch(**{k: (v.pin_memory() if isinstance(v, torch.Tensor) else v)
-                              for k, v in self.__dict__.items()})
-
 
 def _padded_index(rows: Sequence[Sequence[int]], min_width: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     width = max([len(r) for r in rows] + [min_width])

@@ -130,3 +130,37 @@ def test_sequences_per_micro_batch_fixes_the_batch_at_every_stage() -> None:
     assert {ex.num_chunks for ex in batch} == {4}
     with pytest.raises(ValueError, match="sequences_per_micro_batch"):
         TrainArgs(output_dir="unused", sequences_per_micro_batch=-1)
+
+
+def test_data_workers_collate_and_send_arrays_not_shared_tensors() -> None:
+    """Worker-collated batches equal in-process ones, and travel as numpy arrays (through the worker's pipe, not
+    /dev/shm, which containers often cap at 64 MB)."""
+    import numpy as np
+
+    from comet_agents.training.examples import Collator, collate
+    from comet_agents.training.trainer import SampleSource, _as_is, _from_arrays, _MicroBatches
+
+    from tiny import tiny_chat_model
+
+    model = tiny_chat_model(chunk_size=64)
+    args = TrainArgs(output_dir="unused", families={"passkey": 1.0}, curriculum=[(10**9, 2)],
+                     tokens_per_micro_batch=600, smoke=True)
+    source = SampleSource(args, model.tokenizer, 64)
+    data = _MicroBatches(source.micro_batch, Collator.for_model(model), 0, 3, 1, 0, 1)
+    loader = torch.utils.data.DataLoader(data, batch_size=None, num_workers=2, collate_fn=_as_is)
+    seen = 0
+    for step, examples, fields, arrays in loader:
+        assert all(isinstance(v, np.ndarray) for f in fields for v in f.values() if v is not None
+                   and not isinstance(v, (bool, int)))
+        batches, weights = _from_arrays(fields, arrays)
+        expect, expect_w = collate(examples, model)
+        for got, want in zip(batches, expect):
+            for name, value in want.__dict__.items():
+                other = getattr(got, name)
+                if isinstance(value, torch.Tensor):
+                    assert other.dtype == value.dtype and torch.equal(other, value), name
+                else:
+                    assert other == value, name
+        assert all(torch.equal(a, b) for a, b in zip(weights, expect_w))
+        seen += 1
+    assert seen == 3

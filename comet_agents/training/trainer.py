@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
@@ -126,9 +127,27 @@ class SampleSource:
         return out
 
 
+def _to_arrays(batches: list[LayoutBatch], weights: list[torch.Tensor]) -> tuple[list[dict], list[np.ndarray]]:
+    """Collated batches as numpy arrays for the trip from a data worker: DataLoader sends torch tensors through
+    shared memory (``/dev/shm``, often only 64 MB in containers, and one file descriptor per tensor), numpy
+    arrays through the worker's pipe."""
+    fields = [{k: (v.numpy() if isinstance(v, torch.Tensor) else v) for k, v in b.__dict__.items()} for b in batches]
+    return fields, [w.numpy() for w in weights]
+
+
+def _from_arrays(fields: list[dict], weights: list[np.ndarray]) -> tuple[list[LayoutBatch], list[torch.Tensor]]:
+    batches = [LayoutBatch(**{k: (torch.from_numpy(v) if isinstance(v, np.ndarray) else v) for k, v in f.items()})
+               for f in fields]
+    return batches, [torch.from_numpy(w) for w in weights]
+
+
+def _as_is(item: Any) -> Any:
+    return item
+
+
 class _MicroBatches(torch.utils.data.Dataset):
-    """Index i -> (step, micro-batch, its padded chunk batches, loss weights) for this rank; the data workers
-    generate and collate while the GPU trains."""
+    """Index i -> (step, micro-batch, its padded chunk batches and loss weights as arrays) for this rank; the
+    data workers generate and collate while the GPU trains."""
 
     def __init__(self, micro_batch: Callable[[int, int], list[TrainingExample]], collator: Collator,
                  start_step: int, steps: int, accum: int, rank: int, world: int):
@@ -138,11 +157,11 @@ class _MicroBatches(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return (self.steps - self.start) * self.accum
 
-    def __getitem__(self, i: int) -> tuple[int, list[TrainingExample], list[LayoutBatch], list[torch.Tensor]]:
+    def __getitem__(self, i: int) -> tuple[int, list[TrainingExample], list[dict], list[np.ndarray]]:
         step = self.start + i // self.accum
         micro = (i % self.accum) * self.world + self.rank
         examples = self.micro_batch(step, micro)
-        return step, examples, *self.collator(examples)
+        return step, examples, *_to_arrays(*self.collator(examples))
 
 
 def trainable_groups(model: CometModel, args: TrainArgs) -> list[dict[str, Any]]:
@@ -218,26 +237,6 @@ def _peak_memory(device: torch.device) -> dict[str, float]:
     return {"peak_gib": round(torch.cuda.max_memory_allocated(device) / 2**30, 2)}
 
 
-def _prepare_worker_sharing(num_workers: int) -> None:
-    """Make room for the collated batches the data workers send: each holds about a hundred tensors, and with
-    PyTorch's default ``file_descriptor`` sharing every queued tensor keeps a file descriptor open (thousands
-    with a dozen workers prefetching). Raise the soft open-file limit to the hard one, and fall back to
-    ``file_system`` sharing where even that is low."""
-    if num_workers <= 0:
-        return
-    try:
-        import resource
-    except ImportError:  # not on POSIX: PyTorch uses another sharing scheme there
-        return
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    want = hard if hard != resource.RLIM_INFINITY else 65536
-    if soft != resource.RLIM_INFINITY and soft < want:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
-        soft = want
-    if soft != resource.RLIM_INFINITY and soft < 512 * num_workers:
-        torch.multiprocessing.set_sharing_strategy("file_system")
-
-
 def _dist_info() -> tuple[int, int]:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
@@ -279,14 +278,13 @@ def train(args: TrainArgs, *, model: CometModel | None = None, sample_fn: Callab
         source = SampleSource(args, model.tokenizer, model.config.chunk_size)
         sample_fn = source.micro_batch
     workers = 0 if args.smoke else args.num_workers
-    _prepare_worker_sharing(workers)
     dataset = _MicroBatches(sample_fn, Collator.for_model(model), start, args.steps, args.grad_accum, rank, world)
     loader = torch.utils.data.DataLoader(
         dataset, batch_size=None, shuffle=False,
         num_workers=workers,
         prefetch_factor=4 if workers else None,
         persistent_workers=False,
-        pin_memory=device.type == "cuda",
+        collate_fn=_as_is,  # the default would turn the numpy arrays back into tensors inside the worker
     )
     params = [p for g in groups for p in g["params"]]
     from tqdm import tqdm
@@ -300,7 +298,8 @@ def train(args: TrainArgs, *, model: CometModel | None = None, sample_fn: Callab
     split = {"data_s": 0.0, "compute_s": 0.0}
     mark = time.perf_counter()
     deadline = t0 + 60 * args.max_minutes if args.max_minutes else None
-    for step_of_batch, examples, batches, weights in loader:
+    for step_of_batch, examples, fields, arrays in loader:
+        batches, weights = _from_arrays(fields, arrays)
         got = time.perf_counter()
         split["data_s"] += got - mark
         mark = got
