@@ -318,6 +318,41 @@ def test_unsupported_backbone_is_refused() -> None:
 # ---- where memory is written from, and the memory LoRA -------------------------------------------------------
 
 
+@pytest.mark.parametrize("act_dtype", [torch.float32, torch.bfloat16])
+def test_row_low_rank_matches_the_autograd_expression(act_dtype: torch.dtype) -> None:
+    """The hand-written backward of the row-gathered memory LoRA gives autograd's values and gradients (float32
+    weights, activations in float32 or bfloat16 as in GPU training)."""
+    from comet_agents.modeling import _RowLowRank
+
+    g = torch.Generator().manual_seed(3)
+    n, d_in, d_out, rank, scale = 20, 12, 8, 4, 2.0
+    rows = torch.tensor([0, 3, 4, 11, 19])
+    leaves = {
+        "out": torch.randn(n, d_out, generator=g).to(act_dtype),
+        "x": torch.randn(n, d_in, generator=g).to(act_dtype),
+        "down": torch.randn(rank, d_in, generator=g),
+        "up": torch.randn(d_out, rank, generator=g),
+    }
+    grad_out = torch.randn(n, d_out, generator=g).to(act_dtype)
+    results = []
+    for fused in (False, True):
+        t = {k: v.clone().requires_grad_(True) for k, v in leaves.items()}
+        if fused:
+            y = _RowLowRank.apply(t["out"], t["x"], rows, t["down"], t["up"], scale)
+        else:
+            delta = (t["x"].index_select(0, rows).float() @ t["down"].t() @ t["up"].t()) * scale
+            y = t["out"].index_add(0, rows, delta.to(act_dtype))
+        y.backward(grad_out)
+        results.append((y.detach(), {k: v.grad for k, v in t.items()}))
+    (y_ref, g_ref), (y_new, g_new) = results
+    tol = {"rtol": 1e-6, "atol": 1e-6} if act_dtype == torch.float32 else {"rtol": 1e-2, "atol": 1e-2}
+    torch.testing.assert_close(y_new, y_ref, rtol=1e-6, atol=1e-6)
+    for k in leaves:
+        assert g_new[k].dtype == leaves[k].dtype
+        torch.testing.assert_close(g_new[k], g_ref[k], **(tol if k == "x" else {"rtol": 1e-5, "atol": 1e-5}))
+    assert (g_new["x"][[1, 2, 5]] == 0).all() and g_new["x"][rows].abs().sum() > 0
+
+
 def test_memory_lora_acts_only_at_added_token_positions() -> None:
     """Text tokens before the first added token see the backbone alone; the first compression token (and every
     text token after it, which attends to it) sees the memory LoRA."""
