@@ -4,7 +4,9 @@
 # to decide by hand. Speeds are chunk-tokens/s of the steady log lines (tools/gpu/rate.py); the baseline is the
 # previous train.sh call on this machine.
 #   bash tools/gpu/train_ab.sh TRIAL_MIN REST_MIN "CANDIDATE ARGS" COMMON ARGS...
-# e.g. bash tools/gpu/train_ab.sh 1.5 6 "--tokens-per-micro-batch 262144 --checkpoint-from-chunks 1" --steps 4000 ...
+# e.g. bash tools/gpu/train_ab.sh 2 5.5 "--sequences-per-micro-batch 48 --checkpoint-from-chunks 1 --log-every 5" \
+#        --steps 4000 ...
+# A candidate with fewer than three log lines in the trial (tools/gpu/rate.py) counts as slower.
 # The candidate's arguments come after the common ones, so they win. Prints the decision; everything is in train.log.
 set -uo pipefail
 trial=$1 rest=$2 candidate=$3
