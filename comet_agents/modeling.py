@@ -197,7 +197,7 @@ def fifo_push(
     Vectorised over the batch; rows past the new length are zero. ``plan`` is :func:`fifo_plan` of these
     arguments, when the caller has it already.
     """
-    bsz, budget, d = fifo.shape
+    _, budget, d = fifo.shape
     src, empty, keep = plan if plan is not None else fifo_plan(fifo_len, num_new, budget, entries.shape[1], d)
     combined = torch.cat([fifo, entries.to(fifo.dtype)], dim=1)
     return combined.gather(1, src).masked_fill(empty, 0), keep

@@ -6,5 +6,5 @@ set -uo pipefail
 source tools/gpu/env.sh
 tokens=${1:-8k,64k,512k}
 python3 -m comet_agents.cli bench absorb --tokens "$tokens" --device cuda --out $OUT/bench-absorb.json 2>&1 \
-  | tr '\r' '\n' | grep -v 'it/s' | tail -12
+  | tr '\r' '\n' | grep -v -E 'it/s|s/it' | tail -12
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader

@@ -6,6 +6,6 @@ set -uo pipefail
 source tools/gpu/env.sh
 mkdir -p /root/adapter /root/eval
 cp /root/run/checkpoint/comet_adapter.safetensors /root/run/checkpoint/comet_config.json /root/adapter/
-python3 -m comet_agents.cli eval "$@" --model /root/adapter --out /root/eval 2>&1 | tr '\r' '\n' | grep -v 'it/s' \
+python3 -m comet_agents.cli eval "$@" --model /root/adapter --out /root/eval 2>&1 | tr '\r' '\n' | grep -v -E 'it/s|s/it' \
   | grep -v '^len=' | tail -30
 cp /root/eval/"$1"_rows.json $OUT/eval-"$1".json
