@@ -94,18 +94,35 @@ def passkey(
     typer.echo(f"device:        {engine.model.device} {str(engine.model.dtype).replace('torch.', '')}")
 
 
+def _curriculum(text: str) -> list[tuple[int, ...]]:
+    """'200:2,1000000000:2-8' -> [(200, 2), (1000000000, 2, 8)], with an error naming a malformed stage."""
+    stages: list[tuple[int, ...]] = []
+    for part in text.split(","):
+        try:
+            until, chunks = part.split(":")
+            stages.append((int(until), *(int(c) for c in chunks.split("-", 1))))
+        except ValueError:
+            raise typer.BadParameter(f"curriculum stage {part!r} is not until_step:chunks or "
+                                     "until_step:fewest-most") from None
+    return stages
+
+
 @app.command()
 def train(
     output_dir: Annotated[str, typer.Option(help="Run directory (checkpoint/ and final adapter go here).")],
     base: Annotated[Optional[str], typer.Option(help="Base model (default: SmolLM2-135M-Instruct).")] = None,
     steps: int = 1000,
     lr: float = 2e-4,
+    gate_lr_mult: Annotated[float, typer.Option(
+        help="Learning rate of the global-memory gates, relative to --lr (they saturate at the memory rate).")] = 1.0,
     warmup_steps: int = 20,
     grad_accum: int = 1,
     tokens_per_micro_batch: int = 32768,
     sequences_per_micro_batch: Annotated[int, typer.Option(
         help="Sequences per micro-batch at every curriculum stage; overrides --tokens-per-micro-batch when > 0.")] = 0,
-    curriculum: Annotated[str, typer.Option(help="until_step:chunks pairs, e.g. '200:2,500:4,1000000:8'.")] = "200:2,500:4,1000000000:8",
+    curriculum: Annotated[str, typer.Option(
+        help="until_step:closed_chunks stages, e.g. '200:2,500:4,1000000000:8'; a range 'until:2-8' draws each "
+             "step's count uniformly.")] = "200:2,500:4,1000000000:8",
     families: Annotated[str, typer.Option(help="family:weight pairs.")] = "passkey:1",
     lm_weight: float = 0.0,
     seed: int = 0,
@@ -126,9 +143,10 @@ def train(
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     args = TrainArgs(
-        output_dir=output_dir, base=base, steps=steps, lr=lr, warmup_steps=warmup_steps, grad_accum=grad_accum,
+        output_dir=output_dir, base=base, steps=steps, lr=lr, gate_lr_mult=gate_lr_mult, warmup_steps=warmup_steps,
+        grad_accum=grad_accum,
         tokens_per_micro_batch=tokens_per_micro_batch, sequences_per_micro_batch=sequences_per_micro_batch,
-        curriculum=[(int(a), int(b)) for a, b in (p.split(":") for p in curriculum.split(","))],
+        curriculum=_curriculum(curriculum),
         families={a: float(b) for a, b in (p.split(":") for p in families.split(","))},
         lm_weight=lm_weight, seed=seed, save_every=save_every, log_every=log_every, max_minutes=max_minutes,
         num_workers=num_workers, gradient_checkpointing=gradient_checkpointing,

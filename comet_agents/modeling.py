@@ -69,6 +69,15 @@ def readout_token(i: int) -> str:
     return f"<beacon_{i}>"
 
 
+def adapter_fingerprint(tensors: dict[str, torch.Tensor]) -> str:
+    """Hash of adapter tensors by name and float32 value: what a memory state was written with."""
+    h = hashlib.sha256()
+    for name, t in sorted(tensors.items()):
+        h.update(name.encode())
+        h.update(t.detach().float().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
 class LowRankAdapter(nn.Module):
     """RLA(x) = x + (x D) U: identity plus a rank-r correction, no bias, no activation."""
 
@@ -405,11 +414,7 @@ class CometModel(nn.Module):
     def adapter_fingerprint(self) -> str:
         """Hash of the adapter tensors (memory nets, added embeddings, LoRA); cached until weights change."""
         if self._adapter_fingerprint is None:
-            h = hashlib.sha256()
-            for name, t in sorted(self.adapter_state_dict().items()):
-                h.update(name.encode())
-                h.update(t.detach().float().cpu().contiguous().numpy().tobytes())
-            self._adapter_fingerprint = h.hexdigest()[:16]
+            self._adapter_fingerprint = adapter_fingerprint(self.adapter_state_dict())
         return self._adapter_fingerprint
 
     def invalidate_fingerprint(self) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 
 import pytest
@@ -164,3 +165,109 @@ def test_data_workers_collate_and_send_arrays_not_shared_tensors() -> None:
         assert all(torch.equal(a, b) for a, b in zip(weights, expect_w))
         seen += 1
     assert seen == 3
+
+
+def test_a_curriculum_range_draws_each_steps_chunks_reproducibly() -> None:
+    from comet_agents.training.trainer import SampleSource
+
+    from tiny import tiny_chat_model
+
+    args = TrainArgs(output_dir="unused", families={"passkey": 1.0}, curriculum=[(5, 1), (10**9, 2, 4)],
+                     sequences_per_micro_batch=2, smoke=True)
+    assert [args.chunks_at(s) for s in range(5)] == [1] * 5
+    drawn = [args.chunks_at(s) for s in range(5, 200)]
+    assert set(drawn) == {2, 3, 4}
+    again = TrainArgs(output_dir="unused", curriculum=[[5, 1], [10**9, 2, 4]])  # as JSON gives it back
+    assert drawn == [again.chunks_at(s) for s in range(5, 200)]
+    assert drawn != [TrainArgs(output_dir="unused", curriculum=[(5, 1), (10**9, 2, 4)], seed=1).chunks_at(s)
+                     for s in range(5, 200)]
+    model = tiny_chat_model(chunk_size=64)
+    source = SampleSource(args, model.tokenizer, 64)
+    for step in (7, 8, 9):
+        assert {ex.num_chunks for ex in source.micro_batch(step, 0)} == {args.chunks_at(step) + 1}
+    for bad in ([(10, 0)], [(10, 4, 2)], []):
+        with pytest.raises(ValueError, match="curriculum"):
+            TrainArgs(output_dir="unused", curriculum=bad)
+
+
+def test_cli_parses_curriculum_ranges_and_names_a_bad_stage() -> None:
+    import typer
+
+    from comet_agents.cli import _curriculum
+
+    assert _curriculum("200:2,1000000000:2-8") == [(200, 2), (1000000000, 2, 8)]
+    with pytest.raises(typer.BadParameter, match="'300-2'"):
+        _curriculum("200:2,300-2")
+
+
+def test_gates_train_at_their_own_learning_rate() -> None:
+    from comet_agents.training.trainer import trainable_groups
+
+    model = tiny_model("llama", lora_rank=4)
+    groups = trainable_groups(model, TrainArgs(output_dir="unused", lr=1e-3, memory_lr_mult=5, gate_lr_mult=0.05))
+    names = {id(p): n for n, p in model.named_parameters()}
+    by_lr = {round(g["lr"], 8): {names[id(p)] for p in g["params"]} for g in groups}
+    assert set(by_lr) == {5e-3, 1e-3, 5e-5}
+    assert by_lr[5e-5] == {f"memory.{i}.global_net.gate.weight" for i in range(model.num_layers)}
+    assert any(".global_net.adapter." in n for n in by_lr[5e-3])
+    assert not any(".gate." in n for n in by_lr[5e-3] | by_lr[1e-3])
+
+
+def test_reinit_gates_restarts_only_the_gates_and_the_run_resumes(tmp_path) -> None:
+    import json
+
+    from safetensors.torch import load_file
+
+    from comet_agents.training.trainer import reinit_gates
+
+    ckpt = tmp_path / "checkpoint"
+    train(args_for(tmp_path, 3), model=tiny_model("llama", lora_rank=4), sample_fn=key_recall_batch,
+          log=lambda s: None)
+    before = load_file(str(ckpt / "comet_adapter.safetensors"))
+    moments_before = load_file(str(ckpt / "optim_exp_avg.safetensors"))
+    names = reinit_gates(ckpt, std=0.02, seed=3)
+    after = load_file(str(ckpt / "comet_adapter.safetensors"))
+    assert names and all(n.endswith(".global_net.gate.weight") for n in names)
+    assert set(after) == set(before)
+    for n in after:
+        assert torch.equal(after[n], before[n]) != (n in names), n
+    gates = torch.cat([after[n].flatten() for n in names])
+    assert 0.01 < float(gates.std()) < 0.03
+    moments = load_file(str(ckpt / "optim_exp_avg.safetensors"))
+    assert set(moments) == set(moments_before) - set(names)
+    state = json.loads((ckpt / "trainer_state.json").read_text())
+    assert state["step"] == 3 and not set(names) & set(state["adam_steps"])
+    assert state["events"] == [{"step": 3, "event": "reinit_gates", "std": 0.02, "seed": 3}]
+    assert not (tmp_path / "checkpoint.tmp").exists() and not (tmp_path / "checkpoint.old").exists()
+    model = tiny_model("llama", lora_rank=4)
+    model.load_adapter_state_dict(after)
+    meta = json.loads((ckpt / "comet_config.json").read_text())["meta"]
+    assert meta["adapter_fingerprint"] == model.adapter_fingerprint
+    result = train(args_for(tmp_path, 5), model=tiny_model("llama", lora_rank=4), sample_fn=key_recall_batch,
+                   log=lambda s: None)
+    assert result["step"] == 5 and all(math.isfinite(h["loss"]) for h in result["history"])
+    assert json.loads((ckpt / "trainer_state.json").read_text())["events"] == state["events"]  # kept on save
+
+
+def test_open_chunk_tails_cover_short_ones_as_at_recall_time() -> None:
+    """The stream's tail left in the open chunk ranges from nothing to most of a chunk: recall after absorbing a
+    whole number of chunks leaves only a few tokens there, and a model never trained on that fails to read memory."""
+    from comet_agents.training.data.common import generate_mixed
+    from comet_agents.training.trainer import SampleSource
+
+    from tiny import tiny_chat_model
+
+    model = tiny_chat_model(chunk_size=64)
+    targets: list[int] = []
+
+    def recording(seed, target, families, count):
+        targets.append(target)
+        return generate_mixed(seed, target, families, count)
+
+    args = TrainArgs(output_dir="unused", families={"passkey": 1.0}, curriculum=[(10**9, 2)],
+                     sequences_per_micro_batch=8, smoke=True)
+    source = SampleSource(args, model.tokenizer, 64, generate=recording)
+    for step in range(8):
+        assert {ex.num_chunks for ex in source.micro_batch(step, 0)} == {3}
+    tails = [t - 2 * 64 for t in targets]
+    assert min(tails) < 8 and max(tails) > 40 and all(0 <= t <= 64 - 8 for t in tails)

@@ -4,7 +4,10 @@
   resumed run sees exactly the batches an uninterrupted run would.
 * Forward: layer-major over all chunks of a sequence (``CometModel.forward_train``), full backpropagation
   through every chunk, activation checkpointing of every (layer, chunk) step and of every chunk's loss.
-* Curriculum over sequence length: the number of closed chunks per sequence grows with the step.
+* Curriculum over sequence length: the number of closed chunks per sequence grows with the step, fixed or
+  drawn per step from a range.
+* Memory gates train at the base learning rate, not the memory nets' (``gate_lr_mult``); ``reinit_gates``
+  restarts the gates of a checkpoint whose gates have saturated.
 * Data parallel with torchrun: every rank trains on its own micro-batches, gradients are averaged with an
   all-reduce before each optimizer step (no DDP wrapper needed: only adapter parameters train).
 * Checkpoints are safetensors + JSON (adapter, AdamW moments, trainer state), never pickle; each file stays
@@ -17,6 +20,7 @@ import json
 import math
 import os
 import random
+import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -45,13 +49,18 @@ class TrainArgs:
     steps: int = 1000
     lr: float = 2e-4
     memory_lr_mult: float = 5.0
+    # The gate's logit is a dot product over 2d RMS-normalised features, and AdamW moves each weight by about the
+    # learning rate per step however small its gradient: at the memory nets' rate the logits ran into saturation
+    # (g = 0 or 1 for every slot, no gradient left; docs/training.md, steps 1,969-2,306). Relative to ``lr``.
+    gate_lr_mult: float = 1.0
     warmup_steps: int = 20
     weight_decay: float = 0.0
     grad_clip: float = 1.0
     grad_accum: int = 1
     tokens_per_micro_batch: int = 32768
     sequences_per_micro_batch: int = 0  # when > 0, overrides tokens_per_micro_batch
-    curriculum: list[tuple[int, int]] = field(default_factory=lambda: [(200, 2), (500, 4), (10**9, 8)])
+    # (until_step, closed chunks) or (until_step, fewest, most): a range draws each step's count uniformly.
+    curriculum: list[tuple[int, ...]] = field(default_factory=lambda: [(200, 2), (500, 4), (10**9, 8)])
     families: dict[str, float] = field(default_factory=lambda: {"passkey": 1.0})
     lm_weight: float = 0.0
     seed: int = 0
@@ -68,13 +77,21 @@ class TrainArgs:
         if self.tokens_per_micro_batch < 1 or self.sequences_per_micro_batch < 0:
             raise ValueError(f"tokens_per_micro_batch must be >= 1 and sequences_per_micro_batch >= 0, got "
                              f"{self.tokens_per_micro_batch} and {self.sequences_per_micro_batch}")
+        stages = []
+        for stage in self.curriculum:
+            until, lo, hi = (stage[0], stage[1], stage[1]) if len(stage) == 2 else tuple(stage)
+            if not 1 <= lo <= hi:
+                raise ValueError(f"curriculum stage {tuple(stage)}: closed chunks must satisfy 1 <= fewest <= most")
+            stages.append((int(until), int(lo), int(hi)))
+        if not stages:
+            raise ValueError("curriculum is empty")
+        self.curriculum = stages
 
     def chunks_at(self, step: int) -> int:
-        """Closed chunks per sequence at ``step`` (curriculum: list of (until_step, chunks))."""
-        for until, n in self.curriculum:
-            if step < until:
-                return n
-        return self.curriculum[-1][1]
+        """Closed chunks per sequence at ``step``. A stage with a range draws the count from (seed, step), so
+        every micro-batch of the step (and every DDP rank) gets the same count, and resuming repeats it."""
+        _, lo, hi = next((s for s in self.curriculum if step < s[0]), self.curriculum[-1])
+        return lo if lo == hi else random.Random(f"{self.seed}/chunks/{step}").randint(lo, hi)
 
 
 def lr_factor(step: int, args: TrainArgs) -> float:
@@ -119,7 +136,9 @@ class SampleSource:
             attempts += 1
             if attempts > 40 * size:
                 raise RuntimeError(f"could not generate sequences of {n} chunks (chunk size {C})")
-            target = n * C + rng.randint(C // 8, C - C // 8)
+            # The stream's tail left in the open chunk: any length, as at recall time (a tail of a few tokens, as
+            # after absorbing exactly n chunks, was missing before step 2,306 and reading memory failed there).
+            target = n * C + rng.randint(0, C - C // 8)
             sample = self.generate(rng.randrange(2**31), target, args.families, self.count)
             ex = encode_sample(sample, self.tokenizer, C, lm_weight=args.lm_weight)
             if ex.num_chunks == n + 1:
@@ -165,16 +184,20 @@ class _MicroBatches(torch.utils.data.Dataset):
 
 
 def trainable_groups(model: CometModel, args: TrainArgs) -> list[dict[str, Any]]:
-    memory = [p for p in model.memory.parameters()]
+    """AdamW groups: memory nets at ``memory_lr_mult``, their gates at ``gate_lr_mult``, the rest at ``lr``."""
+    gates = [p for n, p in model.memory.named_parameters() if ".gate." in n]
+    memory = [p for n, p in model.memory.named_parameters() if ".gate." not in n]
     other = [model.special_embeddings] + [p for n, p in model.backbone.named_parameters() if "lora_" in n]
     if model.memory_lora is not None:
         other += list(model.memory_lora.parameters())
-    for p in memory + other:
+    for p in gates + memory + other:
         p.requires_grad_(True)
-    return [
+    groups = [
         {"params": memory, "lr": args.lr * args.memory_lr_mult, "base_lr": args.lr * args.memory_lr_mult},
         {"params": other, "lr": args.lr, "base_lr": args.lr},
+        {"params": gates, "lr": args.lr * args.gate_lr_mult, "base_lr": args.lr * args.gate_lr_mult},
     ]
+    return [g for g in groups if g["params"]]
 
 
 def _param_names(model: CometModel) -> dict[int, str]:
@@ -182,8 +205,9 @@ def _param_names(model: CometModel) -> dict[int, str]:
 
 
 def save_checkpoint(directory: Path, model: CometModel, opt: torch.optim.Optimizer, step: int,
-                    args: TrainArgs, history: list[dict[str, float]]) -> None:
-    """Adapter + AdamW moments (two safetensors files) + JSON trainer state, written atomically."""
+                    args: TrainArgs, history: list[dict[str, float]], events: list[dict] | None = None) -> None:
+    """Adapter + AdamW moments (two safetensors files) + JSON trainer state, written atomically. ``events``:
+    surgery done on the checkpoint between runs (e.g. :func:`reinit_gates`), kept for the record."""
     tmp = directory.with_name(directory.name + ".tmp")
     tmp.mkdir(parents=True, exist_ok=True)
     model.invalidate_fingerprint()
@@ -203,7 +227,8 @@ def save_checkpoint(directory: Path, model: CometModel, opt: torch.optim.Optimiz
     for k, tensors in moments.items():
         save_file(tensors, tmp / f"optim_{k}.safetensors")
     (tmp / STATE_FILE).write_text(json.dumps(
-        {"step": step, "args": asdict(args), "adam_steps": steps, "history": history[-2000:]}, indent=1))
+        {"step": step, "args": asdict(args), "adam_steps": steps, "history": history[-2000:],
+         "events": events or []}, indent=1))
     if directory.exists():
         for f in directory.iterdir():
             f.unlink()
@@ -211,8 +236,9 @@ def save_checkpoint(directory: Path, model: CometModel, opt: torch.optim.Optimiz
     tmp.rename(directory)
 
 
-def load_checkpoint(directory: Path, model: CometModel, opt: torch.optim.Optimizer) -> tuple[int, list[dict]]:
-    """Restore adapter weights and AdamW state; returns (next step, history)."""
+def load_checkpoint(directory: Path, model: CometModel,
+                    opt: torch.optim.Optimizer) -> tuple[int, list[dict], list[dict]]:
+    """Restore adapter weights and AdamW state; returns (next step, history, events)."""
     state = json.loads((directory / STATE_FILE).read_text())
     model.load_adapter_state_dict(load_file(str(directory / ADAPTER_FILE)))
     names = _param_names(model)
@@ -227,7 +253,48 @@ def load_checkpoint(directory: Path, model: CometModel, opt: torch.optim.Optimiz
                 "exp_avg": moments["exp_avg"][name].to(p.device, p.dtype),
                 "exp_avg_sq": moments["exp_avg_sq"][name].to(p.device, p.dtype),
             }
-    return int(state["step"]), list(state.get("history", []))
+    return int(state["step"]), list(state.get("history", [])), list(state.get("events", []))
+
+
+def reinit_gates(directory: str | Path, *, std: float = 0.02, seed: int = 0) -> list[str]:
+    """Re-initialise the global-memory gates of a checkpoint in place (N(0, std), g near 0.5 again) and drop
+    their AdamW moments, leaving every other tensor and the step untouched. Returns the gate names.
+
+    For a run whose gates saturated (every slot at g = 0 or 1: the sigmoid passes no gradient, so training
+    cannot move them back). The adapter's fingerprint in ``comet_config.json`` is updated to match.
+    """
+    from ..config import CONFIG_FILE
+    from ..modeling import adapter_fingerprint
+
+    directory = Path(directory)
+    state = json.loads((directory / STATE_FILE).read_text())
+    adapter = load_file(str(directory / ADAPTER_FILE))
+    names = sorted(k for k in adapter if k.endswith(".global_net.gate.weight"))
+    if not names:
+        raise ValueError(f"{directory} holds no global-memory gates")
+    gen = torch.Generator().manual_seed(seed)
+    for name in names:
+        adapter[name] = (torch.randn(adapter[name].shape, generator=gen) * std).contiguous()
+    moments = {k: load_file(str(directory / f"optim_{k}.safetensors")) for k in ("exp_avg", "exp_avg_sq")}
+    state["adam_steps"] = {n: v for n, v in state["adam_steps"].items() if n not in names}
+    state.setdefault("events", []).append({"step": state["step"], "event": "reinit_gates", "std": std, "seed": seed})
+    cfg = json.loads((directory / CONFIG_FILE).read_text())
+    cfg.setdefault("meta", {})["adapter_fingerprint"] = adapter_fingerprint(adapter)
+    # Written next to the checkpoint and swapped in, so a failure leaves the old checkpoint whole.
+    tmp = directory.with_name(directory.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(directory, tmp)
+    save_file(adapter, tmp / ADAPTER_FILE, metadata={"format": "comet-agents/adapter"})
+    for k, tensors in moments.items():
+        save_file({n: t for n, t in tensors.items() if n not in names}, tmp / f"optim_{k}.safetensors")
+    (tmp / CONFIG_FILE).write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+    (tmp / STATE_FILE).write_text(json.dumps(state, indent=1))
+    old = directory.with_name(directory.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    directory.rename(old)
+    tmp.rename(directory)
+    shutil.rmtree(old)
+    return names
 
 
 def _peak_memory(device: torch.device) -> dict[str, float]:
@@ -266,9 +333,9 @@ def train(args: TrainArgs, *, model: CometModel | None = None, sample_fn: Callab
     opt = torch.optim.AdamW(groups, lr=args.lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=args.weight_decay)
     out_dir = Path(args.output_dir)
     ckpt = out_dir / "checkpoint"
-    start, history = 0, []
+    start, history, events = 0, [], []
     if (ckpt / STATE_FILE).exists():
-        start, history = load_checkpoint(ckpt, model, opt)
+        start, history, events = load_checkpoint(ckpt, model, opt)
         log(f"resumed from {ckpt} at step {start}")
     if start >= args.steps:
         return {"step": start, "history": history}
@@ -293,6 +360,7 @@ def train(args: TrainArgs, *, model: CometModel | None = None, sample_fn: Callab
     t0, tokens, step = time.time(), 0, start
     acc_loss, acc_n, micro_i = 0.0, 0, 0
     fam_loss: dict[str, list[float]] = {}
+    window_chunks: list[int] = []  # chunks per sequence of each micro-batch since the last log line
     # Where the wall time goes between two log lines: waiting for the data workers (which also collate), the
     # rest (GPU).
     split = {"data_s": 0.0, "compute_s": 0.0}
@@ -304,6 +372,7 @@ def train(args: TrainArgs, *, model: CometModel | None = None, sample_fn: Callab
         split["data_s"] += got - mark
         mark = got
         recompute = args.gradient_checkpointing and len(batches) >= args.checkpoint_from_chunks
+        window_chunks.append(len(batches))
         out = model.forward_train(batches, loss_weights=weights, gradient_checkpointing=recompute)
         for ex, sample_loss in zip(examples, out["sample_loss"].tolist()):
             fam_loss.setdefault(ex.family, []).append(sample_loss)
@@ -343,7 +412,9 @@ def train(args: TrainArgs, *, model: CometModel | None = None, sample_fn: Callab
             per_family = {k: round(sum(v) / len(v), 4) for k, v in sorted(fam_loss.items())}
             fam_loss = {}
             history[-1]["families"] = per_family
-            log(json.dumps({"step": step, "chunks": args.chunks_at(step - 1) + 1, "loss": round(loss, 5),
+            chunks = round(sum(window_chunks) / max(1, len(window_chunks)), 2)
+            window_chunks = []
+            log(json.dumps({"step": step, "chunks": chunks, "loss": round(loss, 5),
                             "grad_norm": round(grad_norm, 3),
                             "tokens_per_s": round(tokens * world / elapsed), "elapsed_s": round(elapsed, 1),
                             "family_loss": per_family, **_peak_memory(device),
@@ -355,7 +426,7 @@ def train(args: TrainArgs, *, model: CometModel | None = None, sample_fn: Callab
             torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
             stop = bool(flag.item())
         if rank == 0 and (step % args.save_every == 0 or step == args.steps or stop):
-            save_checkpoint(ckpt, model, opt, step, args, history)
+            save_checkpoint(ckpt, model, opt, step, args, history, events)
         if stop:
             log(f"time budget reached at step {step}")
             break
