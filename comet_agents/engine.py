@@ -139,7 +139,9 @@ class MemoryEngine:
         return self.model.new_state(1)
 
     def encode(self, text: str) -> list[int]:
-        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        # verbose=False: a stream longer than the base's window is the normal case here (it is cut into chunks), so
+        # the tokenizer's "longer than the specified maximum sequence length" warning would only mislead.
+        return list(self.tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"])
 
     def count_tokens(self, text: str) -> int:
         """How many tokens ``text`` takes (as absorbed or asked: no special tokens added)."""

@@ -58,7 +58,8 @@ def encode_sample(sample: Any, tokenizer: Any, chunk_size: int, *, lm_weight: fl
     """Tokenise a :class:`~comet_agents.training.data.common.Sample` into a chunk plan with labels."""
 
     def enc(text: str) -> list[int]:
-        return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+        # verbose=False: streams are longer than the base's window by design, so its length warning would mislead.
+        return list(tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"])
 
     stream = enc(sample.stream)
     qa_ids: list[int] = []

@@ -121,7 +121,7 @@ class SampleSource:
         self.generate = generate
 
     def count(self, text: str) -> int:
-        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        return len(self.tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"])
 
     def micro_batch(self, step: int, micro: int) -> list[TrainingExample]:
         args, C = self.args, self.chunk_size
