@@ -9,7 +9,9 @@ beyond), so neither keeping the first chunk forever nor keeping only the newest 
 * ``fast-gate``: gates at the memory nets' learning rate (the trainer's behaviour before ``gate_lr_mult``);
 * ``base-gate``: gates at the base learning rate;
 * ``slow-gate``: gates at 0.1 x the base learning rate (the trainer's default now);
-* ``no-gate``: S = the newest readouts (the paper's ablation), a floor for what re-writing alone carries.
+* ``no-gate``: S = the newest readouts (the paper's ablation), a floor for what re-writing alone carries;
+* ``base-gate-output``: as ``base-gate``, with memory written from each layer's output (the paper's code), so a
+  layer's readouts see its own slots and can re-write them.
 
 Reports held-out accuracy per distance (also 8 and 12, beyond the trained range) and the share of saturated
 gates (g > 0.99 or < 0.01). Minutes on 2 CPU cores.
@@ -38,17 +40,19 @@ ARMS = {
     "base-gate": dict(gate=True, gate_lr_mult=1.0),
     "slow-gate": dict(gate=True, gate_lr_mult=0.1),
     "no-gate": dict(gate=False, gate_lr_mult=0.1),
+    "base-gate-output": dict(gate=True, gate_lr_mult=1.0, memory_source="output"),
 }
 
 
-def tiny(gate: bool, seed: int) -> CometModel:
+def tiny(gate: bool, seed: int, memory_source: str = "input") -> CometModel:
     torch.manual_seed(seed)
     base = LlamaForCausalLM(LlamaConfig(
         vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
         num_key_value_heads=2, max_position_embeddings=256, eos_token_id=1, pad_token_id=1,
         tie_word_embeddings=True, initializer_range=0.1)).float().eval()
     cfg = CometConfig(chunk_size=C, num_global_slots=4, compression_stride=8, fifo_budget=0, temporary_memory=False,
-                      gate=gate, adapter_rank=4, memory_lora_rank=8, memory_lora_alpha=16, lora_rank=4)
+                      gate=gate, memory_source=memory_source, adapter_rank=4, memory_lora_rank=8,
+                      memory_lora_alpha=16, lora_rank=4)
     return CometModel(base, cfg, base_fingerprint=f"gate-probe-{seed}")
 
 
@@ -110,7 +114,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=600)
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--seeds", default="0")
-    ap.add_argument("--arms", default=",".join(ARMS), help=f"comma-separated, of {', '.join(ARMS)}")
+    ap.add_argument("--arms", default="fast-gate,base-gate,slow-gate,no-gate", help=f"comma-separated, of {', '.join(ARMS)}")
     ap.add_argument("--run-dir", default="/tmp/gate-probe")
     ap.add_argument("--out", default=None)
     a = ap.parse_args()
@@ -119,7 +123,7 @@ def main() -> None:
     for seed in (int(s) for s in a.seeds.split(",")):
         for arm in a.arms.split(","):
             spec = ARMS[arm]
-            model = tiny(spec["gate"], seed)
+            model = tiny(spec["gate"], seed, spec.get("memory_source", "input"))
             run = Path(a.run_dir) / f"{arm}-{seed}"
             if run.exists():
                 import shutil
@@ -130,7 +134,7 @@ def main() -> None:
                              seed=seed)
             t0 = time.perf_counter()
             train(args, model=model, sample_fn=batches, log=lambda s: None)
-            row = {"arm": arm, "seed": seed, "steps": a.steps, "lr": a.lr, "gate_lr_mult": spec["gate_lr_mult"],
+            row = {"arm": arm, "seed": seed, "memory_source": model.config.memory_source, "steps": a.steps, "lr": a.lr, "gate_lr_mult": spec["gate_lr_mult"],
                    "accuracy": evaluate(model, [1, 2, 3, 4, 5, 6, 8, 12]),
                    "saturated_gates": saturated_gates(model), "seconds": round(time.perf_counter() - t0)}
             print(json.dumps(row), flush=True)
