@@ -119,6 +119,13 @@ def stream_text(tokenizer: Any, token_ids: Iterable[int]) -> Iterator[str]:
         yield final[len(sent) :]
 
 
+def encode_text(tokenizer: Any, text: str) -> list[int]:
+    """Token ids of ``text`` as absorbed or asked (no special tokens added). ``verbose=False``: a stream longer
+    than the base's window is the normal case here (it is cut into chunks), so the tokenizer's "longer than the
+    specified maximum sequence length" warning would only mislead."""
+    return list(tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"])
+
+
 class MemoryEngine:
     """Absorbs token streams into :class:`MemoryState` objects and answers from them."""
 
@@ -139,9 +146,7 @@ class MemoryEngine:
         return self.model.new_state(1)
 
     def encode(self, text: str) -> list[int]:
-        # verbose=False: a stream longer than the base's window is the normal case here (it is cut into chunks), so
-        # the tokenizer's "longer than the specified maximum sequence length" warning would only mislead.
-        return list(self.tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"])
+        return encode_text(self.tokenizer, text)
 
     def count_tokens(self, text: str) -> int:
         """How many tokens ``text`` takes (as absorbed or asked: no special tokens added)."""

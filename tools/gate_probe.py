@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import shutil
 import time
 from pathlib import Path
 
@@ -125,10 +126,7 @@ def main() -> None:
             spec = ARMS[arm]
             model = tiny(spec["gate"], seed, spec.get("memory_source", "input"))
             run = Path(a.run_dir) / f"{arm}-{seed}"
-            if run.exists():
-                import shutil
-
-                shutil.rmtree(run)
+            shutil.rmtree(run, ignore_errors=True)
             args = TrainArgs(output_dir=str(run), steps=a.steps, lr=a.lr, gate_lr_mult=spec["gate_lr_mult"],
                              warmup_steps=20, save_every=10**9, log_every=10**9, smoke=True, num_workers=0,
                              seed=seed)

@@ -32,9 +32,8 @@ def main() -> None:
     for layer, mem in enumerate(model.memory):
         mem.global_net.gate.register_forward_hook(
             lambda mod, inp, out, layer=layer: seen.setdefault(layer, []).append(torch.sigmoid(out[0, :, 0]).float().cpu()))
-    tok = model.tokenizer
-    sample = passkey.generate(a.seed, a.tokens, lambda t: len(tok(t, add_special_tokens=False)["input_ids"]))
     engine = MemoryEngine(model)
+    sample = passkey.generate(a.seed, a.tokens, engine.count_tokens)
     t0 = time.perf_counter()
     state = engine.absorb_text(engine.new_state(), sample.stream)
     answer = engine.recall(state, sample.qa[0].question, max_new_tokens=16)

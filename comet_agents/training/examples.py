@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from ..config import CometConfig
-from ..engine import chat_question
+from ..engine import chat_question, encode_text
 from ..layout import LayoutBatch, SpecialIds, layout_labels, pad_layouts, sequence_layouts, shift_labels
 from ..modeling import CometModel
 
@@ -56,16 +56,11 @@ def qa_pieces(tokenizer: Any, qa: Sequence[Any]) -> list[tuple[str, bool]]:
 
 def encode_sample(sample: Any, tokenizer: Any, chunk_size: int, *, lm_weight: float = 0.0) -> TrainingExample:
     """Tokenise a :class:`~comet_agents.training.data.common.Sample` into a chunk plan with labels."""
-
-    def enc(text: str) -> list[int]:
-        # verbose=False: streams are longer than the base's window by design, so its length warning would mislead.
-        return list(tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"])
-
-    stream = enc(sample.stream)
+    stream = encode_text(tokenizer, sample.stream)
     qa_ids: list[int] = []
     qa_sup: list[bool] = []
     for text, sup in qa_pieces(tokenizer, sample.qa):
-        ids = enc(text)
+        ids = encode_text(tokenizer, text)
         qa_ids.extend(ids)
         qa_sup.extend([sup] * len(ids))
     n_closed = len(stream) // chunk_size

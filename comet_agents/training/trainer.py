@@ -33,6 +33,7 @@ from safetensors.torch import load_file, save_file
 
 from ..base_models import DEFAULT_BASE
 from ..config import CometConfig
+from ..engine import encode_text
 from ..layout import LayoutBatch
 from ..modeling import ADAPTER_FILE, CometModel
 from .examples import Collator, TrainingExample, encode_sample
@@ -121,7 +122,7 @@ class SampleSource:
         self.generate = generate
 
     def count(self, text: str) -> int:
-        return len(self.tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"])
+        return len(encode_text(self.tokenizer, text))
 
     def micro_batch(self, step: int, micro: int) -> list[TrainingExample]:
         args, C = self.args, self.chunk_size
