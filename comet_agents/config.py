@@ -118,6 +118,24 @@ class CometConfig:
         """FIFO budget actually used (0 when temporary memory is off)."""
         return self.fifo_budget if self.temporary_memory else 0
 
+    @property
+    def fifo_reach_chunks(self) -> int:
+        """Closed full chunks whose compression entries all fit in the FIFO at once (B // ceil(C/s); 4 by default)."""
+        if not self.fifo:
+            return 0
+        return self.fifo // -(-self.chunk_size // self.stride)
+
+    def memory_tier(self, key_age: int) -> str:
+        """Which memory can answer about a token ``key_age`` closed chunks back (:func:`comet_agents.layout.key_age`): ``"open"`` (the
+        open chunk's own text), ``"fifo"`` (the chunk's compression entries are all still in the FIFO) or
+        ``"global"`` (only the gated global memory can carry it). Reading the last tier is what CoMeT adds over a
+        window; pass-key grids and training logs report it separately."""
+        if key_age < 0:
+            raise ValueError(f"key_age must be >= 0, got {key_age}")
+        if key_age == 0:
+            return "open"
+        return "fifo" if key_age <= self.fifo_reach_chunks else "global"
+
     def steady_layout_len(self) -> int:
         """Positions of a full chunk once the FIFO is full: m + B + C + ceil(C/s) + m."""
         comp = -(-self.chunk_size // self.stride) if self.stride else 0

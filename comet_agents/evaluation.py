@@ -28,6 +28,7 @@ from typing import Any
 import torch
 
 from .engine import MemoryEngine, chat_question
+from .layout import key_age
 
 QUESTION = "What is the pass key?"
 
@@ -35,11 +36,20 @@ QUESTION = "What is the pass key?"
 def passkey_case(engine: MemoryEngine, tokens: int, depth: float, key: str, *, filler: str = "classic",
                  seed: int = 0) -> list[int]:
     """Token ids of a haystack of about ``tokens`` tokens with ``key`` at relative ``depth``."""
+    return passkey_haystack(engine, tokens, depth, key, filler=filler, seed=seed)[0]
+
+
+def passkey_haystack(engine: MemoryEngine, tokens: int, depth: float, key: str, *, filler: str = "classic",
+                     seed: int = 0) -> tuple[list[int], int]:
+    """:func:`passkey_case`'s token ids and the index of the key's first token among them."""
     from .training.data.passkey import make_passkey_haystack
 
     text = make_passkey_haystack(tokens, depth, key, filler=filler, count_tokens=lambda s: len(engine.encode(s)),
                                  seed=seed)
-    return engine.encode(text)
+    ids = engine.encode(text)
+    # The filler never contains the key, so its first occurrence is the needle's. Counting the tokens before it
+    # is exact up to a merge across the cut, which moves it by one token.
+    return ids, min(len(engine.encode(text[: text.index(key)])), len(ids) - 1)
 
 
 def passkey_grid(
@@ -61,17 +71,20 @@ def passkey_grid(
         for depth in depths:
             for trial in range(trials):
                 key = str(rng.randrange(10**4, 10**7))
-                cases.append((depth, trial, key, passkey_case(engine, length, depth, key, filler=filler,
-                                                              seed=rng.randrange(2**31))))
+                toks, key_at = passkey_haystack(engine, length, depth, key, filler=filler, seed=rng.randrange(2**31))
+                cases.append((depth, trial, key, toks, key_at))
         states = [engine.new_state() for _ in cases]
         engine.absorb_many(states, [c[3] for c in cases])
-        for (depth, trial, key, toks), state in zip(cases, states):
+        for (depth, trial, key, toks, key_at), state in zip(cases, states):
             answer = engine.recall(state, question, max_new_tokens=16)
+            age = key_age(key_at, len(toks), engine.config.chunk_size)
             row = {"length": length, "tokens": len(toks), "depth": depth, "trial": trial, "key": key,
-                   "answer": answer, "correct": key in answer}
+                   "key_age": age, "memory": engine.config.memory_tier(age), "answer": answer,
+                   "correct": key in answer}
             rows.append(row)
             if log:
-                log(f"len={length} depth={depth:.2f} key={key} answer={answer!r} {'OK' if row['correct'] else 'MISS'}")
+                log(f"len={length} depth={depth:.2f} key={key} memory={row['memory']} answer={answer!r} "
+                    f"{'OK' if row['correct'] else 'MISS'}")
     return rows
 
 
@@ -89,6 +102,12 @@ def grid_markdown(rows: Sequence[dict[str, Any]]) -> str:
             cells.append(f"{acc:.0f}")
             total.extend(hits)
         lines.append(f"| {n:,} | " + " | ".join(cells) + f" | {100 * sum(total) / len(total):.1f} |")
+    tiers = [(t, [r["correct"] for r in rows if r.get("memory") == t]) for t in ("open", "fifo", "global")]
+    if any(hits for _, hits in tiers):
+        names = {"open": "open chunk", "fifo": "FIFO", "global": "global memory only"}
+        lines.append("")
+        lines.append("Found, by where the key sits when asked: " + ", ".join(
+            f"{names[t]} {sum(h)}/{len(h)}" for t, h in tiers if h) + ".")
     return "\n".join(lines)
 
 

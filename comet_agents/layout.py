@@ -128,6 +128,20 @@ def split_into_chunks(token_ids: Sequence[int], chunk_size: int) -> list[list[in
     return [list(token_ids[i : i + chunk_size]) for i in range(0, len(token_ids), chunk_size)]
 
 
+def key_age(token_index: int, stream_tokens: int, chunk_size: int) -> int:
+    """How many closed chunks back token ``token_index`` of a ``stream_tokens``-token stream sits when a question
+    follows the stream: 0 in the open chunk (the tail after the last full chunk), 1 in the newest closed chunk, and
+    so on. Streams are cut into closed chunks of ``chunk_size`` tokens as the engine and the trainer cut them;
+    :meth:`comet_agents.config.CometConfig.memory_tier` says which memory holds such a token."""
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    if not 0 <= token_index < stream_tokens:
+        raise ValueError(f"token_index {token_index} is outside a stream of {stream_tokens} tokens")
+    closed = stream_tokens // chunk_size
+    chunk = token_index // chunk_size
+    return closed - chunk if chunk < closed else 0
+
+
 def shift_labels(text_ids: Sequence[int], supervised: Sequence[bool]) -> list[int]:
     """Labels on the text stream, shifted *before* special tokens are inserted.
 

@@ -462,3 +462,16 @@ def test_forwards_in_two_threads_do_not_share_the_memory_lora_rows() -> None:
         assert_same_state(results[f"single{i}"], alone_single)
         for got, want in zip(results[f"pair{i}"], alone_pair):
             assert_same_state(got, want)
+
+
+def test_memory_tier_follows_the_fifo_reach() -> None:
+    """Default layout: 128 compression entries per chunk and a 512-entry FIFO hold the last 4 closed chunks;
+    anything older only the global memory can carry."""
+    cfg = CometConfig()
+    assert cfg.fifo_reach_chunks == 4
+    assert [cfg.memory_tier(a) for a in (0, 1, 4, 5, 16)] == ["open", "fifo", "fifo", "global", "global"]
+    assert CometConfig(fifo_budget=500).fifo_reach_chunks == 3  # a chunk partly evicted is no longer "fifo"
+    no_fifo = CometConfig(temporary_memory=False)
+    assert no_fifo.fifo_reach_chunks == 0 and no_fifo.memory_tier(1) == "global"
+    with pytest.raises(ValueError, match="key_age must be >= 0"):
+        cfg.memory_tier(-1)

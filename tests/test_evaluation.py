@@ -273,3 +273,22 @@ def test_cli_eval_qa_and_preserve(engine, monkeypatch, tmp_path) -> None:
     result = runner.invoke(cli.app, ["eval", "qa", "--systems", "comet,oracle"])
     assert result.exit_code != 0 and "unknown systems" in result.output
 
+
+
+def test_passkey_grid_says_which_memory_holds_each_key() -> None:
+    """Each row records how many closed chunks back its key sat and so which memory had to answer; the table
+    sums the rows per memory tier (keys beyond the FIFO are what the global memory is for)."""
+    from comet_agents.engine import MemoryEngine
+    from comet_agents.evaluation import grid_markdown, passkey_grid
+
+    from tiny import tiny_chat_model
+
+    engine = MemoryEngine(tiny_chat_model(chunk_size=32))  # 8 entries a chunk, FIFO of 5: no chunk wholly held
+    rows = passkey_grid(engine, [400], [0.0, 1.0], trials=1)
+    first, last = rows
+    assert first["key_age"] == first["tokens"] // 32 and first["memory"] == "global"
+    assert last["key_age"] <= 2  # the needle (about 60 characters) ends the stream
+    assert all(r["memory"] == engine.config.memory_tier(r["key_age"]) for r in rows)
+    assert "Found, by where the key sits when asked: " in grid_markdown(rows)
+    assert "global memory only" in grid_markdown(rows)
+    assert "Found, by" not in grid_markdown([{k: v for k, v in r.items() if k != "memory"} for r in rows])

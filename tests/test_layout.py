@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -15,6 +16,7 @@ from comet_agents.layout import (
     causal_mask,
     compression_after,
     decode_mask,
+    key_age,
     layout_labels,
     pad_layouts,
     sequence_layouts,
@@ -133,3 +135,21 @@ def test_sequence_plan_tracks_fifo_fill(n, C) -> None:
         assert lay.num_temp == min(7, entries)
         entries += len(lay.compression_index)
     assert lays[-1].readout_index == ()  # the open chunk has no readouts
+
+
+@given(n=st.integers(1, 300), C=st.integers(1, 40), data=st.data())
+def test_key_age_counts_closed_chunks_back_from_the_question(n, C, data) -> None:
+    """As the engine cuts a stream: full chunks are closed, the rest is the open chunk's tail."""
+    i = data.draw(st.integers(0, n - 1))
+    full = [c for c in split_into_chunks(list(range(n)), C) if len(c) == C]
+    holding = [k for k, c in enumerate(full) if i in c]
+    expected = len(full) - holding[0] if holding else 0
+    assert key_age(i, n, C) == expected
+
+
+def test_key_age_examples_and_bad_arguments() -> None:
+    assert [key_age(i, 4096, 1024) for i in (0, 1023, 1024, 3072, 4095)] == [4, 4, 3, 1, 1]
+    assert key_age(4096, 4100, 1024) == 0  # in the tail, read as part of the open chunk
+    for bad in ((-1, 10, 4), (10, 10, 4)):
+        with pytest.raises(ValueError, match="outside a stream of 10 tokens"):
+            key_age(*bad)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import random
 
@@ -271,3 +272,47 @@ def test_open_chunk_tails_cover_short_ones_as_at_recall_time() -> None:
         assert {ex.num_chunks for ex in source.micro_batch(step, 0)} == {3}
     tails = [t - 2 * 64 for t in targets]
     assert min(tails) < 8 and max(tails) > 40 and all(0 <= t <= 64 - 8 for t in tails)
+
+
+def test_examples_record_how_many_chunks_back_the_key_sits() -> None:
+    """``key_age`` of a pass-key example matches where the key's tokens really are in its chunk plan."""
+    from comet_agents.layout import key_age
+    from comet_agents.training.data import passkey
+    from comet_agents.training.data.common import QA, Sample, generate_mixed
+    from comet_agents.training.examples import encode_sample
+
+    from tiny import tiny_tokenizer
+
+    tok = tiny_tokenizer()
+    count = lambda s: len(tok(s)["input_ids"])  # noqa: E731
+    ages = set()
+    for seed in range(12):
+        sample = passkey.generate(seed, 380, count, depth=seed / 11)
+        ex = encode_sample(sample, tok, 64)
+        key_ids = tok(sample.meta["key"])["input_ids"]
+        stream = sum(ex.chunk_texts, [])[: len(tok(sample.stream)["input_ids"])]
+        first = next(j for j in range(len(stream)) if stream[j : j + len(key_ids)] == key_ids)
+        assert ex.key_age == key_age(first, len(stream), 64), seed
+        ages.add(ex.key_age)
+    assert len(ages) >= 4, ages
+    for at, age in ((0, 2), (100, 1), (130, 0)):  # 135 characters: two closed chunks of 64, a tail of 7
+        stream = ("x" * at + "K7Q2M" + "x" * 200)[:135]
+        hand = Sample("passkey", stream, [QA("Key?", "K7Q2M")], {"needle_char_offset": at, "key": "K7Q2M"})
+        assert encode_sample(hand, tok, 64).key_age == age
+    other = encode_sample(generate_mixed(0, 300, {"conversation": 1.0}, count), tok, 64)
+    assert other.key_age is None
+
+
+def test_training_logs_losses_per_memory_tier(tmp_path) -> None:
+    """Examples with a ``key_age`` also count under ``family@tier``, so a run shows keys older than the FIFO apart."""
+    def aged(step: int, micro: int) -> list[TrainingExample]:
+        batch = key_recall_batch(step, micro)
+        batch[0].key_age, batch[1].key_age = 2, 1  # tiny config: 3 entries a chunk, FIFO of 5: reach 1 chunk
+        return batch
+
+    lines: list[str] = []
+    args = TrainArgs(output_dir=str(tmp_path), steps=2, lr=1e-3, warmup_steps=1, save_every=10, log_every=1,
+                     smoke=True, num_workers=0)
+    train(args, model=tiny_model("llama"), sample_fn=aged, log=lines.append)
+    logged = [json.loads(line) for line in lines if line.startswith("{")]
+    assert logged and set(logged[-1]["family_loss"]) == {"key", "key@global", "key@fifo"}

@@ -42,16 +42,17 @@ ARMS = {
     "slow-gate": dict(gate=True, gate_lr_mult=0.1),
     "no-gate": dict(gate=False, gate_lr_mult=0.1),
     "base-gate-output": dict(gate=True, gate_lr_mult=1.0, memory_source="output"),
+    "fifo-base-gate": dict(gate=True, gate_lr_mult=1.0, fifo=4),
 }
 
 
-def tiny(gate: bool, seed: int, memory_source: str = "input") -> CometModel:
+def tiny(gate: bool, seed: int, memory_source: str = "input", fifo: int = 0) -> CometModel:
     torch.manual_seed(seed)
     base = LlamaForCausalLM(LlamaConfig(
         vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
         num_key_value_heads=2, max_position_embeddings=256, eos_token_id=1, pad_token_id=1,
         tie_word_embeddings=True, initializer_range=0.1)).float().eval()
-    cfg = CometConfig(chunk_size=C, num_global_slots=4, compression_stride=8, fifo_budget=0, temporary_memory=False,
+    cfg = CometConfig(chunk_size=C, num_global_slots=4, compression_stride=8, fifo_budget=fifo, temporary_memory=fifo > 0,
                       gate=gate, memory_source=memory_source, adapter_rank=4, memory_lora_rank=8,
                       memory_lora_alpha=16, lora_rank=4)
     return CometModel(base, cfg, base_fingerprint=f"gate-probe-{seed}")
@@ -124,7 +125,7 @@ def main() -> None:
     for seed in (int(s) for s in a.seeds.split(",")):
         for arm in a.arms.split(","):
             spec = ARMS[arm]
-            model = tiny(spec["gate"], seed, spec.get("memory_source", "input"))
+            model = tiny(spec["gate"], seed, spec.get("memory_source", "input"), spec.get("fifo", 0))
             run = Path(a.run_dir) / f"{arm}-{seed}"
             shutil.rmtree(run, ignore_errors=True)
             args = TrainArgs(output_dir=str(run), steps=a.steps, lr=a.lr, gate_lr_mult=spec["gate_lr_mult"],
@@ -132,7 +133,7 @@ def main() -> None:
                              seed=seed)
             t0 = time.perf_counter()
             train(args, model=model, sample_fn=batches, log=lambda s: None)
-            row = {"arm": arm, "seed": seed, "memory_source": model.config.memory_source, "steps": a.steps, "lr": a.lr, "gate_lr_mult": spec["gate_lr_mult"],
+            row = {"arm": arm, "seed": seed, "memory_source": model.config.memory_source, "fifo": model.config.fifo, "steps": a.steps, "lr": a.lr, "gate_lr_mult": spec["gate_lr_mult"],
                    "accuracy": evaluate(model, [1, 2, 3, 4, 5, 6, 8, 12]),
                    "saturated_gates": saturated_gates(model), "seconds": round(time.perf_counter() - t0)}
             print(json.dumps(row), flush=True)

@@ -17,18 +17,24 @@ import torch
 
 from ..config import CometConfig
 from ..engine import chat_question, encode_text
-from ..layout import LayoutBatch, SpecialIds, layout_labels, pad_layouts, sequence_layouts, shift_labels
+from ..layout import LayoutBatch, SpecialIds, key_age, layout_labels, pad_layouts, sequence_layouts, shift_labels
 from ..modeling import CometModel
 
 
 @dataclass
 class TrainingExample:
-    """One tokenised sequence: closed chunks, then the open chunk; labels/weights per text token."""
+    """One tokenised sequence: closed chunks, then the open chunk; labels/weights per text token.
+
+    ``key_age``: for a sample with one needle (families ``passkey``, ``passkey_memory``), how many closed chunks
+    back the key sits (:func:`~comet_agents.layout.key_age`; 0 = in the open chunk), else None. The trainer
+    logs losses per memory tier with it, so a run shows whether keys older than the FIFO are learnt.
+    """
 
     chunk_texts: list[list[int]]
     chunk_labels: list[list[int]]
     chunk_weights: list[list[float]]
     family: str
+    key_age: int | None = None
 
     @property
     def num_chunks(self) -> int:
@@ -75,11 +81,19 @@ def encode_sample(sample: Any, tokenizer: Any, chunk_size: int, *, lm_weight: fl
                 labels[t] = stream_labels[t]
                 weights[t] = lm_weight
     bounds = [i * chunk_size for i in range(n_closed + 1)] + [len(ids)]
+    age = None
+    needle = sample.meta.get("needle_char_offset")
+    if needle is not None and stream:
+        at = sample.stream.index(sample.meta["key"], needle)
+        # Tokens of the text before the key: exact up to a merge across the cut, which moves it by one token.
+        key_at = min(len(encode_text(tokenizer, sample.stream[:at])), len(stream) - 1)
+        age = key_age(key_at, len(stream), chunk_size)
     return TrainingExample(
         chunk_texts=[ids[a:b] for a, b in zip(bounds, bounds[1:])],
         chunk_labels=[labels[a:b] for a, b in zip(bounds, bounds[1:])],
         chunk_weights=[weights[a:b] for a, b in zip(bounds, bounds[1:])],
         family=sample.family,
+        key_age=age,
     )
 
 

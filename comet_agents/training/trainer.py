@@ -377,6 +377,8 @@ def train(args: TrainArgs, *, model: CometModel | None = None, sample_fn: Callab
         out = model.forward_train(batches, loss_weights=weights, gradient_checkpointing=recompute)
         for ex, sample_loss in zip(examples, out["sample_loss"].tolist()):
             fam_loss.setdefault(ex.family, []).append(sample_loss)
+            if ex.key_age is not None:  # e.g. "passkey_memory@global": keys only the global memory can carry
+                fam_loss.setdefault(f"{ex.family}@{model.config.memory_tier(ex.key_age)}", []).append(sample_loss)
         if out["loss"] is not None:
             (out["loss"] / args.grad_accum).backward()
             acc_loss += float(out["loss"].detach())
