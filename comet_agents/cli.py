@@ -115,6 +115,9 @@ def train(
     lr: float = 2e-4,
     gate_lr_mult: Annotated[float, typer.Option(
         help="Learning rate of the global-memory gates, relative to --lr (they saturate at the memory rate).")] = 1.0,
+    fifo_dropout: Annotated[float, typer.Option(
+        help="Share of training sequences laid out without the FIFO, so that their answers must come through the "
+             "global memory.")] = 0.0,
     warmup_steps: int = 20,
     grad_accum: int = 1,
     tokens_per_micro_batch: int = 32768,
@@ -143,7 +146,8 @@ def train(
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     args = TrainArgs(
-        output_dir=output_dir, base=base, steps=steps, lr=lr, gate_lr_mult=gate_lr_mult, warmup_steps=warmup_steps,
+        output_dir=output_dir, base=base, steps=steps, lr=lr, gate_lr_mult=gate_lr_mult, fifo_dropout=fifo_dropout,
+        warmup_steps=warmup_steps,
         grad_accum=grad_accum,
         tokens_per_micro_batch=tokens_per_micro_batch, sequences_per_micro_batch=sequences_per_micro_batch,
         curriculum=_curriculum(curriculum),

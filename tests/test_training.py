@@ -316,3 +316,56 @@ def test_training_logs_losses_per_memory_tier(tmp_path) -> None:
     train(args, model=tiny_model("llama"), sample_fn=aged, log=lines.append)
     logged = [json.loads(line) for line in lines if line.startswith("{")]
     assert logged and set(logged[-1]["family_loss"]) == {"key", "key@global", "key@fifo"}
+
+
+def test_fifo_dropout_marks_a_reproducible_share_of_sequences() -> None:
+    from comet_agents.training.trainer import drop_fifo
+
+    batch = [ex for s in range(50) for ex in key_recall_batch(s, 0)]
+    assert drop_fifo(batch, 0.0, 0, 3, 0) is batch
+    marked = drop_fifo(batch, 0.3, 0, 3, 0)
+    assert marked == drop_fifo(batch, 0.3, 0, 3, 0)  # same (seed, step, micro), same marks
+    assert marked != drop_fifo(batch, 0.3, 0, 4, 0)
+    assert 15 <= sum(ex.without_fifo for ex in marked) <= 45
+    assert all(ex.without_fifo for ex in drop_fifo(batch, 1.0, 0, 3, 0))
+    assert not any(ex.without_fifo for ex in batch)  # the originals are untouched
+    with pytest.raises(ValueError, match="fifo_dropout must be in"):
+        TrainArgs(output_dir="unused", fifo_dropout=1.5)
+
+
+def test_a_sequence_without_fifo_reaches_its_answer_through_the_global_memory_alone() -> None:
+    """Laid out without the FIFO, a sequence has no compression tokens and no temporary slots, its loss ignores
+    the FIFO's weights, and it batches with ordinary sequences without changing their losses or its own."""
+    from comet_agents.training.examples import collate
+
+    model = tiny_model("llama")
+    plain, dropped = key_recall_batch(0, 0)
+    dropped.without_fifo = True
+    batches, _ = collate([plain, dropped], model)
+    assert not batches[1].temp_valid[1].any() and batches[1].temp_valid[0].any()
+    assert not batches[0].compression_valid[1].any() and batches[0].compression_valid[0].any()
+
+    def losses(examples):
+        with torch.no_grad():
+            chunks, weights = collate(examples, model)
+            return model.forward_train(chunks, loss_weights=weights)["sample_loss"]
+
+    together = losses([plain, dropped])
+    assert torch.allclose(together, torch.cat([losses([plain]), losses([dropped])]), atol=1e-5)
+    with torch.no_grad():
+        for layer in model.memory:
+            layer.temp_net.adapter.up.weight.add_(1.0)
+    after = losses([plain, dropped])
+    assert torch.allclose(after[1], together[1], atol=1e-6) and not torch.allclose(after[0], together[0], atol=1e-3)
+
+
+def test_cli_takes_fifo_dropout(tmp_path, monkeypatch) -> None:
+    from typer.testing import CliRunner
+
+    from comet_agents import cli
+
+    seen = {}
+    monkeypatch.setattr("comet_agents.training.trainer.train", lambda args, log: seen.setdefault("args", args) and {})
+    result = CliRunner().invoke(cli.app, ["train", "--output-dir", str(tmp_path), "--fifo-dropout", "0.25", "--smoke"])
+    assert result.exit_code == 0, result.output
+    assert seen["args"].fifo_dropout == 0.25

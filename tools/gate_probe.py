@@ -1,17 +1,21 @@
-"""CPU probe of the gated global memory alone: can it carry a key across chunks, and do its gates stay alive?
+"""CPU probe of the gated global memory: can it carry a key across chunks, and do its gates stay alive?
 
-A tiny random Llama (4 layers, d = 64) with the temporary memory (FIFO) switched off, so whatever crosses a chunk
-boundary crosses it through the global memory. Each sequence has 2-7 closed chunks of random filler (drawn per
-step) with a key token (one of 16) in any one of them, and asks for the key in the open chunk. Held-out
-sequences put the key in the third chunk, ``d`` closed chunks before the question (d = 1-6 as trained, 8 and 12
-beyond), so neither keeping the first chunk forever nor keeping only the newest one answers them. Arms differ in how the global memory learns:
+A tiny random Llama (4 layers, d = 64), by default with the temporary memory (FIFO) switched off, so whatever
+crosses a chunk boundary crosses it through the global memory. Each sequence has 2-7 closed chunks of random
+filler (drawn per step) with a key token (one of 16) in any one of them, and asks for the key in the open chunk.
+Held-out sequences put the key in the third chunk, ``d`` closed chunks before the question (d = 1-6 as trained,
+8 and 12 beyond), so neither keeping the first chunk forever nor keeping only the newest one answers them. Arms
+differ in how the global memory learns:
 
 * ``fast-gate``: gates at the memory nets' learning rate (the trainer's behaviour before ``gate_lr_mult``);
-* ``base-gate``: gates at the base learning rate;
-* ``slow-gate``: gates at 0.1 x the base learning rate (the trainer's default now);
+* ``base-gate``: gates at the base learning rate (the trainer's default);
+* ``slow-gate``: gates at 0.1 x the base learning rate;
 * ``no-gate``: S = the newest readouts (the paper's ablation), a floor for what re-writing alone carries;
 * ``base-gate-output``: as ``base-gate``, with memory written from each layer's output (the paper's code), so a
-  layer's readouts see its own slots and can re-write them.
+  layer's readouts see its own slots and can re-write them;
+* ``fifo-base-gate``: as ``base-gate`` with a FIFO of 4 entries (2 per chunk: it holds the last 2 chunks);
+* ``fifo-dropout`` / ``fifo-dropout-all``: the same, with half / all of the training sequences laid out without
+  the FIFO (``TrainArgs.fifo_dropout``). Arms with a FIFO are also evaluated without it (the global memory alone).
 
 Reports held-out accuracy per distance (also 8 and 12, beyond the trained range) and the share of saturated
 gates (g > 0.99 or < 0.01). Minutes on 2 CPU cores.
@@ -43,6 +47,8 @@ ARMS = {
     "no-gate": dict(gate=False, gate_lr_mult=0.1),
     "base-gate-output": dict(gate=True, gate_lr_mult=1.0, memory_source="output"),
     "fifo-base-gate": dict(gate=True, gate_lr_mult=1.0, fifo=4),
+    "fifo-dropout": dict(gate=True, gate_lr_mult=1.0, fifo=4, fifo_dropout=0.5),
+    "fifo-dropout-all": dict(gate=True, gate_lr_mult=1.0, fifo=4, fifo_dropout=1.0),
 }
 
 
@@ -80,12 +86,14 @@ def batches(step: int, micro: int) -> list[TrainingExample]:
 
 
 @torch.no_grad()
-def evaluate(model: CometModel, distances: list[int], n: int = 256) -> dict[str, float]:
+def evaluate(model: CometModel, distances: list[int], n: int = 256, without_fifo: bool = False) -> dict[str, float]:
     model.eval()
     acc: dict[str, float] = {}
     for d in distances:
         rng = random.Random(f"held-out/{d}")
         exs = [example(rng, d + 2, 2) for _ in range(n)]  # two chunks before the key, d - 1 after it
+        for ex in exs:
+            ex.without_fifo = without_fifo
         chunk_batches, weights = collate(exs, model)
         out = model.forward_train(chunk_batches, loss_weights=weights, return_logits=True)
         last = chunk_batches[-1]
@@ -130,12 +138,14 @@ def main() -> None:
             shutil.rmtree(run, ignore_errors=True)
             args = TrainArgs(output_dir=str(run), steps=a.steps, lr=a.lr, gate_lr_mult=spec["gate_lr_mult"],
                              warmup_steps=20, save_every=10**9, log_every=10**9, smoke=True, num_workers=0,
-                             seed=seed)
+                             seed=seed, fifo_dropout=spec.get("fifo_dropout", 0.0))
             t0 = time.perf_counter()
             train(args, model=model, sample_fn=batches, log=lambda s: None)
             row = {"arm": arm, "seed": seed, "memory_source": model.config.memory_source, "fifo": model.config.fifo, "steps": a.steps, "lr": a.lr, "gate_lr_mult": spec["gate_lr_mult"],
-                   "accuracy": evaluate(model, [1, 2, 3, 4, 5, 6, 8, 12]),
+                   "fifo_dropout": args.fifo_dropout, "accuracy": evaluate(model, [1, 2, 3, 4, 5, 6, 8, 12]),
                    "saturated_gates": saturated_gates(model), "seconds": round(time.perf_counter() - t0)}
+            if model.config.fifo:  # the global memory alone: the same held-out sequences laid out without the FIFO
+                row["accuracy_without_fifo"] = evaluate(model, [1, 2, 3, 4, 5, 6, 8, 12], without_fifo=True)
             print(json.dumps(row), flush=True)
             rows.append(row)
     if a.out:

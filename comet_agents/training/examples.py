@@ -25,6 +25,9 @@ from ..modeling import CometModel
 class TrainingExample:
     """One tokenised sequence: closed chunks, then the open chunk; labels/weights per text token.
 
+    ``without_fifo``: lay the sequence out without the temporary memory (no compression tokens, no FIFO), so
+    that whatever crosses a chunk boundary crosses it through the global memory (``TrainArgs.fifo_dropout``).
+
     ``key_age``: for a sample with one needle (families ``passkey``, ``passkey_memory``), how many closed chunks
     back the key sits (:func:`~comet_agents.layout.key_age`; 0 = in the open chunk), else None. The trainer
     logs losses per memory tier with it, so a run shows whether keys older than the FIFO are learnt.
@@ -35,6 +38,7 @@ class TrainingExample:
     chunk_weights: list[list[float]]
     family: str
     key_age: int | None = None
+    without_fifo: bool = False
 
     @property
     def num_chunks(self) -> int:
@@ -125,8 +129,9 @@ def _collate(examples: Sequence[TrainingExample], cfg: CometConfig,
         raise ValueError(f"examples in one batch must have the same number of chunks, got {sorted(counts)}")
     per_example = []
     for ex in examples:
-        lays = sequence_layouts(ex.chunk_texts, num_global=cfg.m, fifo_budget=cfg.fifo, stride=cfg.stride,
-                                ids=special, last_open=True, open_stride=cfg.open_stride)
+        fifo, stride, open_stride = (0, 0, 0) if ex.without_fifo else (cfg.fifo, cfg.stride, cfg.open_stride)
+        lays = sequence_layouts(ex.chunk_texts, num_global=cfg.m, fifo_budget=fifo, stride=stride,
+                                ids=special, last_open=True, open_stride=open_stride)
         per_example.append(lays)
     batches, weights = [], []
     for c in range(counts.pop()):

@@ -23,7 +23,7 @@ import random
 import shutil
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +54,9 @@ class TrainArgs:
     # learning rate per step however small its gradient: at the memory nets' rate the logits ran into saturation
     # (g = 0 or 1 for every slot, no gradient left; docs/training.md, steps 1,969-2,306). Relative to ``lr``.
     gate_lr_mult: float = 1.0
+    # Share of sequences laid out without the FIFO, whose answers can then only come through the global memory:
+    # with the FIFO, only keys older than its reach (4 chunks) train the global memory at all.
+    fifo_dropout: float = 0.0
     warmup_steps: int = 20
     weight_decay: float = 0.0
     grad_clip: float = 1.0
@@ -75,6 +78,8 @@ class TrainArgs:
     comet: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if not 0.0 <= self.fifo_dropout <= 1.0:
+            raise ValueError(f"fifo_dropout must be in [0, 1], got {self.fifo_dropout}")
         if self.tokens_per_micro_batch < 1 or self.sequences_per_micro_batch < 0:
             raise ValueError(f"tokens_per_micro_batch must be >= 1 and sequences_per_micro_batch >= 0, got "
                              f"{self.tokens_per_micro_batch} and {self.sequences_per_micro_batch}")
@@ -93,6 +98,16 @@ class TrainArgs:
         every micro-batch of the step (and every DDP rank) gets the same count, and resuming repeats it."""
         _, lo, hi = next((s for s in self.curriculum if step < s[0]), self.curriculum[-1])
         return lo if lo == hi else random.Random(f"{self.seed}/chunks/{step}").randint(lo, hi)
+
+
+def drop_fifo(examples: list[TrainingExample], share: float, seed: int, step: int,
+              micro: int) -> list[TrainingExample]:
+    """Mark about ``share`` of the examples ``without_fifo``, drawn from (seed, step, micro) alone, so that a
+    resumed run and every data worker mark the same ones."""
+    if share <= 0:
+        return examples
+    rng = random.Random(f"{seed}/fifo-dropout/{step}/{micro}")
+    return [replace(ex, without_fifo=True) if rng.random() < share else ex for ex in examples]
 
 
 def lr_factor(step: int, args: TrainArgs) -> float:
@@ -170,9 +185,11 @@ class _MicroBatches(torch.utils.data.Dataset):
     data workers generate and collate while the GPU trains."""
 
     def __init__(self, micro_batch: Callable[[int, int], list[TrainingExample]], collator: Collator,
-                 start_step: int, steps: int, accum: int, rank: int, world: int):
+                 start_step: int, steps: int, accum: int, rank: int, world: int, fifo_dropout: float = 0.0,
+                 seed: int = 0):
         self.micro_batch, self.collator, self.start, self.steps, self.accum, self.rank, self.world = (
             micro_batch, collator, start_step, steps, accum, rank, world)
+        self.fifo_dropout, self.seed = fifo_dropout, seed
 
     def __len__(self) -> int:
         return (self.steps - self.start) * self.accum
@@ -180,7 +197,7 @@ class _MicroBatches(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> tuple[int, list[TrainingExample], list[dict], list[np.ndarray]]:
         step = self.start + i // self.accum
         micro = (i % self.accum) * self.world + self.rank
-        examples = self.micro_batch(step, micro)
+        examples = drop_fifo(self.micro_batch(step, micro), self.fifo_dropout, self.seed, step, micro)
         return step, examples, *_to_arrays(*self.collator(examples))
 
 
@@ -346,7 +363,8 @@ def train(args: TrainArgs, *, model: CometModel | None = None, sample_fn: Callab
         source = SampleSource(args, model.tokenizer, model.config.chunk_size)
         sample_fn = source.micro_batch
     workers = 0 if args.smoke else args.num_workers
-    dataset = _MicroBatches(sample_fn, Collator.for_model(model), start, args.steps, args.grad_accum, rank, world)
+    dataset = _MicroBatches(sample_fn, Collator.for_model(model), start, args.steps, args.grad_accum, rank, world,
+                            args.fifo_dropout, args.seed)
     loader = torch.utils.data.DataLoader(
         dataset, batch_size=None, shuffle=False,
         num_workers=workers,
@@ -378,7 +396,8 @@ def train(args: TrainArgs, *, model: CometModel | None = None, sample_fn: Callab
         for ex, sample_loss in zip(examples, out["sample_loss"].tolist()):
             fam_loss.setdefault(ex.family, []).append(sample_loss)
             if ex.key_age is not None:  # e.g. "passkey_memory@global": keys only the global memory can carry
-                fam_loss.setdefault(f"{ex.family}@{model.config.memory_tier(ex.key_age)}", []).append(sample_loss)
+                tier = "nofifo" if ex.without_fifo else model.config.memory_tier(ex.key_age)
+                fam_loss.setdefault(f"{ex.family}@{tier}", []).append(sample_loss)
         if out["loss"] is not None:
             (out["loss"] / args.grad_accum).backward()
             acc_loss += float(out["loss"].detach())
