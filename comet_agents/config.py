@@ -126,10 +126,11 @@ class CometConfig:
         return self.fifo // -(-self.chunk_size // self.stride)
 
     def memory_tier(self, key_age: int) -> str:
-        """Which memory can answer about a token ``key_age`` closed chunks back (:func:`comet_agents.layout.key_age`): ``"open"`` (the
-        open chunk's own text), ``"fifo"`` (the chunk's compression entries are all still in the FIFO) or
-        ``"global"`` (only the gated global memory can carry it). Reading the last tier is what CoMeT adds over a
-        window; pass-key grids and training logs report it separately."""
+        """Which memory can answer about a token ``key_age`` closed chunks back (see
+        :func:`comet_agents.layout.key_age`): ``"open"`` (the open chunk's own text), ``"fifo"`` (the chunk's
+        compression entries are all still in the FIFO) or ``"global"`` (only the gated global memory can carry
+        it). Reading the last tier is what CoMeT adds over a window; pass-key grids and training logs report it
+        separately."""
         if key_age < 0:
             raise ValueError(f"key_age must be >= 0, got {key_age}")
         if key_age == 0:

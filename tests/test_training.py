@@ -307,7 +307,12 @@ def test_training_logs_losses_per_memory_tier(tmp_path) -> None:
     """Examples with a ``key_age`` also count under ``family@tier``, so a run shows keys older than the FIFO apart."""
     def aged(step: int, micro: int) -> list[TrainingExample]:
         batch = key_recall_batch(step, micro)
-        batch[0].key_age, batch[1].key_age = 2, 1  # tiny config: 3 entries a chunk, FIFO of 5: reach 1 chunk
+        # Tiny config: 3 entries a chunk and a FIFO of 5, so it reaches 1 chunk back.
+        if step == 0:
+            batch[0].key_age, batch[1].key_age = 2, 1
+        else:  # without the FIFO a closed-chunk key counts apart; one in the open chunk stays "open"
+            batch[0].key_age, batch[1].key_age = 2, 0
+            batch[0].without_fifo = batch[1].without_fifo = True
         return batch
 
     lines: list[str] = []
@@ -315,7 +320,8 @@ def test_training_logs_losses_per_memory_tier(tmp_path) -> None:
                      smoke=True, num_workers=0)
     train(args, model=tiny_model("llama"), sample_fn=aged, log=lines.append)
     logged = [json.loads(line) for line in lines if line.startswith("{")]
-    assert logged and set(logged[-1]["family_loss"]) == {"key", "key@global", "key@fifo"}
+    assert [set(line["family_loss"]) for line in logged] == [{"key", "key@global", "key@fifo"},
+                                                              {"key", "key@nofifo", "key@open"}]
 
 
 def test_fifo_dropout_marks_a_reproducible_share_of_sequences() -> None:

@@ -86,7 +86,8 @@ def batches(step: int, micro: int) -> list[TrainingExample]:
 
 
 @torch.no_grad()
-def evaluate(model: CometModel, distances: list[int], n: int = 256, without_fifo: bool = False) -> dict[str, float]:
+def evaluate(model: CometModel, distances: list[int], n: int = 256,
+             without_fifo: bool = False) -> dict[str, float]:
     model.eval()
     acc: dict[str, float] = {}
     for d in distances:

@@ -6,7 +6,9 @@ reports exact matches and mean answer loss before and after. Arms:
 
 * ``new``: memory written from each layer's input, memory LoRA (rank 16, q/k/v/o) at added-token positions,
   backbone untouched at text positions (the default config);
-* ``old``: memory written from each layer's output (the paper's code), peft LoRA rank 8 at every position.
+* ``old``: memory written from each layer's output (the paper's code), peft LoRA rank 8 at every position;
+* ``new-global``: ``new`` without the temporary memory, so the key reaches the answer through the global memory
+  alone (what keys older than the FIFO's reach depend on).
 
     python tools/memory_probe.py --arm new --steps 120 --out /tmp/probe-new.json
 
@@ -32,6 +34,8 @@ from comet_agents.training.trainer import TrainArgs, train
 ARMS = {
     "new": dict(memory_source="input", memory_lora_rank=16, memory_lora_alpha=32, lora_rank=0),
     "old": dict(memory_source="output", memory_lora_rank=0, lora_rank=8, lora_alpha=16),
+    "new-global": dict(memory_source="input", memory_lora_rank=16, memory_lora_alpha=32, lora_rank=0,
+                       temporary_memory=False),
 }
 SMALL = dict(chunk_size=64, num_global_slots=8, compression_stride=8, fifo_budget=64)
 

@@ -55,7 +55,7 @@ class TrainArgs:
     # (g = 0 or 1 for every slot, no gradient left; docs/training.md, steps 1,969-2,306). Relative to ``lr``.
     gate_lr_mult: float = 1.0
     # Share of sequences laid out without the FIFO, whose answers can then only come through the global memory:
-    # with the FIFO, only keys older than its reach (4 chunks) train the global memory at all.
+    # with the FIFO present, only keys older than its reach (4 chunks) need the global memory.
     fifo_dropout: float = 0.0
     warmup_steps: int = 20
     weight_decay: float = 0.0
@@ -396,7 +396,8 @@ def train(args: TrainArgs, *, model: CometModel | None = None, sample_fn: Callab
         for ex, sample_loss in zip(examples, out["sample_loss"].tolist()):
             fam_loss.setdefault(ex.family, []).append(sample_loss)
             if ex.key_age is not None:  # e.g. "passkey_memory@global": keys only the global memory can carry
-                tier = "nofifo" if ex.without_fifo else model.config.memory_tier(ex.key_age)
+                tier = model.config.memory_tier(ex.key_age)
+                tier = "nofifo" if ex.without_fifo and tier != "open" else tier
                 fam_loss.setdefault(f"{ex.family}@{tier}", []).append(sample_loss)
         if out["loss"] is not None:
             (out["loss"] / args.grad_accum).backward()
