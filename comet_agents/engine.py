@@ -126,6 +126,12 @@ def encode_text(tokenizer: Any, text: str) -> list[int]:
     return list(tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"])
 
 
+def token_index_at(tokenizer: Any, text: str, char_offset: int, num_tokens: int) -> int:
+    """Index, among the ``num_tokens`` tokens :func:`encode_text` gives for ``text``, of the token where character
+    ``char_offset`` starts: the count of tokens before it, exact up to a merge across the cut (one token)."""
+    return min(len(encode_text(tokenizer, text[:char_offset])), num_tokens - 1)
+
+
 class MemoryEngine:
     """Absorbs token streams into :class:`MemoryState` objects and answers from them."""
 

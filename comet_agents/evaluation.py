@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from .engine import MemoryEngine, chat_question
+from .engine import MemoryEngine, chat_question, token_index_at
 from .layout import key_age
 
 QUESTION = "What is the pass key?"
@@ -47,9 +47,8 @@ def passkey_haystack(engine: MemoryEngine, tokens: int, depth: float, key: str, 
     text = make_passkey_haystack(tokens, depth, key, filler=filler, count_tokens=lambda s: len(engine.encode(s)),
                                  seed=seed)
     ids = engine.encode(text)
-    # The filler never contains the key, so its first occurrence is the needle's. Counting the tokens before it
-    # is exact up to a merge across the cut, which moves it by one token.
-    return ids, min(len(engine.encode(text[: text.index(key)])), len(ids) - 1)
+    # The filler never contains the key, so its first occurrence is the needle's.
+    return ids, token_index_at(engine.tokenizer, text, text.index(key), len(ids))
 
 
 def passkey_grid(

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from ..config import CometConfig
-from ..engine import chat_question, encode_text
+from ..engine import chat_question, encode_text, token_index_at
 from ..layout import LayoutBatch, SpecialIds, key_age, layout_labels, pad_layouts, sequence_layouts, shift_labels
 from ..modeling import CometModel
 
@@ -89,9 +89,7 @@ def encode_sample(sample: Any, tokenizer: Any, chunk_size: int, *, lm_weight: fl
     needle = sample.meta.get("needle_char_offset")
     if needle is not None and stream:
         at = sample.stream.index(sample.meta["key"], needle)
-        # Tokens of the text before the key: exact up to a merge across the cut, which moves it by one token.
-        key_at = min(len(encode_text(tokenizer, sample.stream[:at])), len(stream) - 1)
-        age = key_age(key_at, len(stream), chunk_size)
+        age = key_age(token_index_at(tokenizer, sample.stream, at, len(stream)), len(stream), chunk_size)
     return TrainingExample(
         chunk_texts=[ids[a:b] for a, b in zip(bounds, bounds[1:])],
         chunk_labels=[labels[a:b] for a, b in zip(bounds, bounds[1:])],

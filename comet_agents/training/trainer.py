@@ -6,6 +6,8 @@
   through every chunk, activation checkpointing of every (layer, chunk) step and of every chunk's loss.
 * Curriculum over sequence length: the number of closed chunks per sequence grows with the step, fixed or
   drawn per step from a range.
+* FIFO dropout (``fifo_dropout``): a share of sequences is laid out without the temporary memory, so their
+  answers must come through the global memory; losses are also logged per memory tier (``family@global``...).
 * Memory gates train at the base learning rate, not the memory nets' (``gate_lr_mult``); ``reinit_gates``
   restarts the gates of a checkpoint whose gates have saturated.
 * Data parallel with torchrun: every rank trains on its own micro-batches, gradients are averaged with an
