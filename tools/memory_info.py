@@ -1,0 +1,110 @@
+"""How much of a pass key the memory carries: answer loss of the true key against a decoy key of the same format.
+
+Exact-match accuracy stays at 0 until a memory carries the whole key, and a raw answer loss mixes what the model
+knows about the key with what it knows about key formats (how many digits, which code patterns). This tool
+separates the two: every pass-key stream is scored twice with the same memory, once with the true key as the
+answer and once with a decoy drawn from the same format (each digit replaced by a random digit, each letter by a
+random letter). If memory carries nothing about the key, both losses have the same expectation (true key and
+decoy are independent draws of one distribution), so ``decoy - true`` (nats per answer token) measures the key
+information that reached the answer. Rows are grouped by the key's memory tier (open chunk, FIFO, global memory
+only), each stream laid out with the FIFO and, with ``--without-fifo``, also without it (then a closed-chunk key
+can only come through the global memory: tier ``nofifo``).
+
+    python tools/memory_info.py --model training/smollm2-default/checkpoint --closed 2 --samples 16 --without-fifo
+    python tools/memory_info.py --model training/smollm2-default/checkpoint --closed 6 --samples 12
+
+Deterministic in ``--seed``. Keys sit in the first 55 % of the stream (``passkey_memory``), so at ``--closed 2``
+they are 1-2 chunks back, at ``--closed 6`` mostly beyond the FIFO's 4-chunk reach.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import random
+import string
+import time
+
+import torch
+
+from comet_agents import CometModel
+from comet_agents.engine import encode_text
+from comet_agents.training.data import passkey
+from comet_agents.training.examples import collate, encode_sample
+
+
+def decoy_key(key: str, rng: random.Random) -> str:
+    """A key of the same format as ``key`` that differs from it: digits and letters redrawn, separators kept."""
+    while True:
+        out = "".join(
+            rng.choice(string.digits[1:] if i == 0 and key.isdigit() else string.digits) if c.isdigit()
+            else rng.choice(string.ascii_uppercase) if c.isupper()
+            else rng.choice(string.ascii_lowercase) if c.islower()
+            else c
+            for i, c in enumerate(key)
+        )
+        if out != key:
+            return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="default")
+    ap.add_argument("--closed", type=int, default=2, help="closed chunks before the open chunk")
+    ap.add_argument("--samples", type=int, default=16)
+    ap.add_argument("--batch", type=int, default=4, help="streams scored together")
+    ap.add_argument("--seed", type=int, default=11)
+    ap.add_argument("--without-fifo", action="store_true", help="also score every stream laid out without the FIFO")
+    ap.add_argument("--device", default=None)
+    ap.add_argument("--out", default=None, help="write the rows as JSON here")
+    a = ap.parse_args()
+    model = CometModel.from_pretrained(a.model, device=a.device)
+    model.eval()
+    tok, C = model.tokenizer, model.config.chunk_size
+    count = lambda text: len(encode_text(tok, text))  # noqa: E731
+    rng = random.Random(a.seed)
+    pairs = []  # (true example, decoy example, key, decoy)
+    while len(pairs) < a.samples:
+        target = a.closed * C + rng.randint(C // 8, C - C // 8)
+        sample = passkey.generate_in_memory(rng.randrange(2**31), target, count)
+        true_ex = encode_sample(sample, tok, C)
+        if true_ex.num_chunks != a.closed + 1 or true_ex.key_age is None:
+            continue
+        key = sample.meta["key"]
+        fake = decoy_key(key, rng)
+        decoy = dataclasses.replace(sample, qa=[dataclasses.replace(sample.qa[0], answer=fake)])
+        pairs.append((true_ex, encode_sample(decoy, tok, C), key, fake))
+    layouts = [False, True] if a.without_fifo else [False]
+    rows = []
+    t0 = time.perf_counter()
+    for without in layouts:
+        for i in range(0, len(pairs), a.batch):
+            group = pairs[i:i + a.batch]
+            exs = [dataclasses.replace(e, without_fifo=without) for p in group for e in p[:2]]
+            batches, weights = collate(exs, model)
+            with torch.no_grad():
+                losses = model.forward_train(batches, loss_weights=weights)["sample_loss"].tolist()
+            for j, (true_ex, _, key, fake) in enumerate(group):
+                tier = model.config.memory_tier(true_ex.key_age)
+                tier = "nofifo" if without and tier != "open" else tier
+                rows.append({"key": key, "decoy": fake, "key_age": true_ex.key_age, "tier": tier,
+                             "without_fifo": without, "true_loss": losses[2 * j], "decoy_loss": losses[2 * j + 1]})
+    print(f"{len(rows)} scorings in {time.perf_counter() - t0:.0f} s; {a.closed} closed chunks, model {a.model}")
+    print("| tier | streams | true-key loss | decoy loss | key information (decoy - true) | true below decoy |")
+    print("|---|---|---|---|---|---|")
+    for tier in ("open", "fifo", "nofifo", "global"):
+        sel = [r for r in rows if r["tier"] == tier]
+        if not sel:
+            continue
+        t = sum(r["true_loss"] for r in sel) / len(sel)
+        d = sum(r["decoy_loss"] for r in sel) / len(sel)
+        wins = sum(r["true_loss"] < r["decoy_loss"] for r in sel)
+        print(f"| {tier} | {len(sel)} | {t:.2f} | {d:.2f} | {d - t:+.2f} | {wins}/{len(sel)} |")
+    if a.out:
+        with open(a.out, "w") as f:
+            json.dump({"model": a.model, "closed": a.closed, "seed": a.seed, "rows": rows}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
