@@ -15,6 +15,7 @@ from typing import Any
 
 CONFIG_FILE = "comet_config.json"
 MEMORY_SOURCES = ("input", "output")
+GLOBAL_SOURCES = ("readouts", "compression")
 
 
 @dataclass(frozen=True)
@@ -23,7 +24,7 @@ class CometConfig:
 
     Attributes:
         chunk_size: text tokens per chunk (C). The layout of a steady chunk is
-            ``m + B + C + ceil(C/s) + m`` positions.
+            ``m + B + C + ceil(C/s) + m`` positions (``m`` fewer with ``global_source="compression"``).
         num_global_slots: global memory slots = readout tokens per chunk (m).
         compression_stride: text tokens per compression token (s).
         fifo_budget: maximum entries of the temporary (FIFO) memory per layer (B).
@@ -44,6 +45,14 @@ class CometConfig:
             later chunk as the compression token presented inside its own chunk. ``"output"`` takes the
             layer's output, as the paper's code does (one layer off; a full fine-tune can absorb that, a frozen
             backbone reads it poorly: docs/training.md).
+        global_source: which tokens of a closed chunk write the global memory's candidates. ``"readouts"``
+            (default, the paper's design): ``m`` readout tokens appended to the chunk, readout ``i`` writing slot
+            ``i``. ``"compression"``: the chunk's compression tokens themselves, the ``i``-th one writing slot
+            ``i`` (so ``m`` must not exceed ``ceil(C/s)``; 128 = 1024/8 by default), and no readouts are laid
+            out. A compression token's input already holds its group of ``s`` tokens (the FIFO is made of
+            the same rows), so every slot starts from content a frozen backbone can read, and the gate only
+            has to learn what to keep; readouts must first learn to find content in the whole chunk
+            (docs/training.md, "The global memory from compression tokens"). Needs the temporary memory.
         memory_lora_rank: rank of the LoRA that runs only at memory positions (the added tokens: slots,
             compression tokens, readouts); 0 disables it. Text positions never see it, so the backbone's
             behaviour on plain text is untouched while the tokens that write and present memory get their own
@@ -65,6 +74,7 @@ class CometConfig:
     gate: bool = True
     open_chunk_compression: bool = False
     memory_source: str = "input"
+    global_source: str = "readouts"
     memory_lora_rank: int = 16
     memory_lora_alpha: int = 32
     memory_lora_targets: tuple[str, ...] = field(default=("q_proj", "k_proj", "v_proj", "o_proj"))
@@ -92,6 +102,16 @@ class CometConfig:
             problems.append(f"memory_lora_rank must be >= 0, got {self.memory_lora_rank}")
         if self.memory_source not in MEMORY_SOURCES:
             problems.append(f"memory_source must be one of {', '.join(MEMORY_SOURCES)}, got {self.memory_source!r}")
+        if self.global_source not in GLOBAL_SOURCES:
+            problems.append(f"global_source must be one of {', '.join(GLOBAL_SOURCES)}, got {self.global_source!r}")
+        elif self.global_source == "compression" and self.global_memory:
+            if not self.temporary_memory:
+                problems.append('global_source="compression" needs temporary_memory on (its compression tokens)')
+            elif self.num_global_slots > -(-self.chunk_size // self.compression_stride):
+                problems.append(
+                    f'global_source="compression" writes slot i from compression token i, so num_global_slots '
+                    f"({self.num_global_slots}) must not exceed ceil(chunk_size / compression_stride) "
+                    f"({-(-self.chunk_size // self.compression_stride)})")
         if problems:
             raise ValueError("invalid CometConfig: " + "; ".join(problems))
         object.__setattr__(self, "lora_targets", tuple(self.lora_targets))
@@ -102,6 +122,16 @@ class CometConfig:
     def m(self) -> int:
         """Global slots actually used (0 when global memory is off)."""
         return self.num_global_slots if self.global_memory else 0
+
+    @property
+    def global_from_compression(self) -> bool:
+        """Whether the compression tokens write the global memory (``global_source="compression"``)."""
+        return bool(self.m) and self.global_source == "compression"
+
+    @property
+    def num_readouts(self) -> int:
+        """Readout tokens appended to a closed chunk: ``m`` when readouts write the global memory, else 0."""
+        return 0 if self.global_from_compression else self.m
 
     @property
     def stride(self) -> int:
@@ -138,9 +168,10 @@ class CometConfig:
         return "fifo" if key_age <= self.fifo_reach_chunks else "global"
 
     def steady_layout_len(self) -> int:
-        """Positions of a full chunk once the FIFO is full: m + B + C + ceil(C/s) + m."""
+        """Positions of a full chunk once the FIFO is full: m + B + C + ceil(C/s) + m (the last m readouts only
+        with ``global_source="readouts"``)."""
         comp = -(-self.chunk_size // self.stride) if self.stride else 0
-        return 2 * self.m + self.fifo + self.chunk_size + comp
+        return self.m + self.num_readouts + self.fifo + self.chunk_size + comp
 
     def state_fields(self) -> dict[str, Any]:
         """The fields that determine what a memory state means (LoRA settings excluded: the adapter
@@ -149,6 +180,8 @@ class CometConfig:
         for k in ("lora_rank", "lora_alpha", "lora_targets", "memory_lora_rank", "memory_lora_alpha",
                   "memory_lora_targets", "open_chunk_compression"):
             d.pop(k)
+        if d["global_source"] == "readouts":  # absent before the field existed: earlier states keep their fingerprint
+            d.pop("global_source")
         return d
 
     def fingerprint(self) -> str:

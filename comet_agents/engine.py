@@ -179,6 +179,7 @@ class MemoryEngine:
             num_readouts=cfg.m if closed else 0,
             closed=closed,
             ids=self.model.special,
+            global_from_compression=cfg.global_from_compression,
         )
 
     def absorb(

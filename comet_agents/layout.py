@@ -51,6 +51,9 @@ class ChunkLayout:
     text_index: tuple[int, ...]
     compression_index: tuple[int, ...]
     readout_index: tuple[int, ...]
+    # Positions whose hidden states become the global candidates, slot i from entry i: the readouts, or the
+    # first m compression tokens with ``global_from_compression``; empty where the chunk does not write.
+    global_write_index: tuple[int, ...] = ()
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -87,6 +90,7 @@ def build_chunk_layout(
     num_readouts: int,
     closed: bool,
     ids: SpecialIds,
+    global_from_compression: bool = False,
 ) -> ChunkLayout:
     """Build one chunk's layout.
 
@@ -97,6 +101,10 @@ def build_chunk_layout(
         stride: compression stride ``s`` (0 disables compression tokens).
         num_readouts: readouts appended at the end (``m`` for a closed chunk, 0 for the open last chunk).
         closed: whether the chunk is absorbed into memory (closes its final partial group).
+        global_from_compression: the global memory is written by the compression tokens
+            (``CometConfig.global_source == "compression"``): then ``num_readouts`` is the number of slots they
+            write (the first ``num_readouts`` compression tokens, slot i from the i-th), and no readout tokens
+            are appended.
     """
     if not closed and num_readouts:
         raise ValueError("an open chunk has no readouts")
@@ -109,8 +117,11 @@ def build_chunk_layout(
         if comp:
             comp_index.append(len(tokens))
             tokens.append(ids.compression)
-    readout_index = tuple(range(len(tokens), len(tokens) + num_readouts))
-    tokens.extend(ids.first_readout + i for i in range(num_readouts))
+    if global_from_compression:
+        readout_index, writes = (), tuple(comp_index[:num_readouts])
+    else:
+        readout_index = writes = tuple(range(len(tokens), len(tokens) + num_readouts))
+        tokens.extend(ids.first_readout + i for i in range(num_readouts))
     return ChunkLayout(
         input_ids=tuple(tokens),
         num_global=num_global,
@@ -118,6 +129,7 @@ def build_chunk_layout(
         text_index=tuple(text_index),
         compression_index=tuple(comp_index),
         readout_index=readout_index,
+        global_write_index=writes,
     )
 
 
@@ -221,14 +233,16 @@ class LayoutBatch:
     temp_valid: torch.Tensor  # (B, Qmax)
     compression_index: torch.Tensor  # (B, Nmax)
     compression_valid: torch.Tensor  # (B, Nmax)
-    readout_index: torch.Tensor  # (B, R)
-    has_readouts: torch.Tensor  # (B,) bool
+    global_write_index: torch.Tensor  # (B, W): rows whose states are the global candidates, slot i from row i
+    global_write_valid: torch.Tensor  # (B, W): False where slot i gets no candidate (it keeps its value)
+    writes_global: torch.Tensor  # (B,) bool: the chunk updates the global memory
     text_index: torch.Tensor  # (B, Tmax)
     text_valid: torch.Tensor  # (B, Tmax)
     labels: torch.Tensor | None = None  # (B, T) when built with labels
     # Host-side summaries, so the forward pass never waits on the device to branch.
     any_global: bool = False
-    any_readouts: bool = False
+    any_global_write: bool = False
+    partial_global_write: bool = False  # some writing chunk has fewer candidates than the widest one
     num_labelled: int = 0
 
     def to(self, device: torch.device | str) -> "LayoutBatch":
@@ -276,7 +290,8 @@ def pad_layouts(
         [list(range(lay.num_global, lay.num_global + lay.num_temp)) for lay in layouts]
     )
     comp_index, comp_valid = _padded_index([lay.compression_index for lay in layouts])
-    readout_index, _ = _padded_index([lay.readout_index for lay in layouts])
+    writes = [lay.global_write_index for lay in layouts]
+    write_index, write_valid = _padded_index(writes)
     text_index, text_valid = _padded_index([lay.text_index for lay in layouts])
     return LayoutBatch(
         input_ids=input_ids,
@@ -287,13 +302,15 @@ def pad_layouts(
         temp_valid=temp_valid,
         compression_index=comp_index,
         compression_valid=comp_valid,
-        readout_index=readout_index,
-        has_readouts=torch.tensor([len(lay.readout_index) > 0 for lay in layouts], dtype=torch.bool),
+        global_write_index=write_index,
+        global_write_valid=write_valid,
+        writes_global=torch.tensor([len(w) > 0 for w in writes], dtype=torch.bool),
         text_index=text_index,
         text_valid=text_valid,
         labels=label_t,
         any_global=any(lay.num_global > 0 for lay in layouts),
-        any_readouts=any(len(lay.readout_index) > 0 for lay in layouts),
+        any_global_write=any(len(w) > 0 for w in writes),
+        partial_global_write=any(0 < len(w) < write_index.shape[1] for w in writes),
         num_labelled=int((label_t != IGNORE_INDEX).sum()) if label_t is not None else 0,
     )
 
@@ -307,13 +324,15 @@ def sequence_layouts(
     ids: SpecialIds,
     last_open: bool,
     open_stride: int | None = None,
+    global_from_compression: bool = False,
 ) -> list[ChunkLayout]:
     """Layouts of a whole sequence of chunks starting from empty memory (training's chunk plan).
 
     The FIFO fill and first-chunk rule follow from the plan alone: chunk c gets ``min(B, entries so far)``
-    temporary slots and global slots once an earlier chunk had readouts. With ``last_open`` the final chunk is
+    temporary slots and global slots once an earlier chunk wrote the global memory. With ``last_open`` the final chunk is
     laid out as at inference (no readouts, open final group), with compression stride ``open_stride`` (default:
-    ``stride``; 0 places no compression tokens in it).
+    ``stride``; 0 places no compression tokens in it). ``global_from_compression``: see
+    :func:`build_chunk_layout`.
     """
     layouts: list[ChunkLayout] = []
     q, has_global = 0, False
@@ -327,8 +346,9 @@ def sequence_layouts(
             num_readouts=num_global if closed else 0,
             closed=closed,
             ids=ids,
+            global_from_compression=global_from_compression,
         )
         layouts.append(lay)
         q = min(fifo_budget, q + len(lay.compression_index)) if fifo_budget else 0
-        has_global = has_global or bool(lay.readout_index)
+        has_global = has_global or bool(lay.global_write_index)
     return layouts

@@ -7,8 +7,9 @@ Memory crosses chunks only through per-layer state written into slot positions (
         X[global slots] <- M = RLA_g(S)                      overwrite, m x d
         X[temp slots]   <- Q                                 overwrite, q x d (oldest first)
     Y = DecoderLayer_l(X; causal mask of this chunk, RoPE(chunk-local positions))
-    Global memory (chunks with readouts):
-        S_hat = RMSNorm_g(Y[readouts])
+    Global memory (closed chunks; the writers are the m readouts, or the first m compression tokens with
+    global_source="compression"):
+        S_hat = RMSNorm_g(Y[writers])                         slot i from writer i
         S     = S_hat                                         first chunk (no previous S)
         g     = sigmoid([S_hat ; S_old] @ w_g)                one scalar per slot
         S     = g * S_old + (1 - g) * S_hat
@@ -504,14 +505,20 @@ class CometModel(nn.Module):
         src = x if self.config.memory_source == "input" else y
 
         new_S = S
-        if mem.global_net is not None and S is not None and batch.any_readouts:
-            cand = mem.global_net.norm(_gather_rows(src, batch.readout_index).float())
+        if mem.global_net is not None and S is not None and batch.any_global_write:
+            index, valid, partial = batch.global_write_index, batch.global_write_valid, batch.partial_global_write
+            if index.shape[1] < m:  # compression tokens of chunks shorter than m * s: the last slots get none
+                index = nn.functional.pad(index, (0, m - index.shape[1]))
+                valid, partial = nn.functional.pad(valid, (0, m - valid.shape[1])), True
+            cand = mem.global_net.norm(_gather_rows(src, index).float())
             if self.config.gate:
                 g = torch.sigmoid(mem.global_net.gate(torch.cat([cand, S], dim=-1)))
                 upd = torch.where(has_S[:, None, None], g * S + (1 - g) * cand, cand)
             else:
                 upd = cand
-            new_S = torch.where(batch.has_readouts[:, None, None], upd, S)
+            if partial:  # slots without a candidate keep their value
+                upd = torch.where(valid[..., None], upd, S)
+            new_S = torch.where(batch.writes_global[:, None, None], upd, S)
         new_Q = Q
         if mem.temp_net is not None and Q is not None and batch.compression_index.shape[1] > 0:
             comp = _gather_rows(src, batch.compression_index).float()
@@ -520,7 +527,7 @@ class CometModel(nn.Module):
         return y, new_S, new_Q
 
     def _next_counters(self, batch: LayoutBatch, has_S: torch.Tensor, q_len: torch.Tensor):
-        new_has = has_S | batch.has_readouts if self.config.m else has_S
+        new_has = has_S | batch.writes_global if self.config.m else has_S
         new_q = (q_len + batch.compression_valid.sum(1)).clamp(max=self.config.fifo) if self.config.fifo else q_len
         return new_has, new_q
 

@@ -475,3 +475,50 @@ def test_memory_tier_follows_the_fifo_reach() -> None:
     assert no_fifo.fifo_reach_chunks == 0 and no_fifo.memory_tier(1) == "global"
     with pytest.raises(ValueError, match="key_age must be >= 0"):
         cfg.memory_tier(-1)
+
+
+def test_global_memory_from_compression_tokens() -> None:
+    """global_source="compression": no readouts are laid out, slot i of the first chunk's state is RMSNorm_g of
+    the i-th compression token's layer input, streaming equals the training forward, and the state means
+    something else than under readouts (another fingerprint); the readout default keeps its old fingerprint."""
+    engine = MemoryEngine(tiny_model("qwen3", global_source="compression"))
+    model, cfg = engine.model, engine.config
+    assert cfg.num_readouts == 0 and cfg.steady_layout_len() == CometConfig(**{
+        **cfg.to_dict(), "global_source": "readouts"}).steady_layout_len() - cfg.m
+    toks = tokens(12 * 4 + 3, seed=11)
+    inputs = {}
+    layer = 2
+    def grab(mod, args, kwargs) -> None:
+        inputs.setdefault("x", (args[0] if args else kwargs["hidden_states"]).detach())
+
+    handle = model.inner.layers[layer].register_forward_pre_hook(grab, with_kwargs=True)
+    first = engine.absorb(engine.new_state(), toks[:12])
+    handle.remove()
+    batch = engine.chunk_layout(engine.new_state(), 0, toks[:12], closed=True)
+    assert batch.readout_index == () and len(batch.global_write_index) == cfg.m
+    assert not bool(model.is_added_token(torch.tensor([batch.input_ids])).sum() - len(batch.compression_index))
+    with torch.no_grad():
+        want = model.memory[layer].global_net.norm(inputs["x"][0, list(batch.global_write_index)].float())
+    torch.testing.assert_close(first.global_state[layer, 0], want, atol=1e-5, rtol=1e-4)
+
+    streamed = engine.absorb(engine.new_state(), toks)
+    layouts = sequence_layouts(split_into_chunks(toks[: 12 * 4], cfg.chunk_size), num_global=cfg.m,
+                               fifo_budget=cfg.fifo, stride=cfg.stride, ids=model.special, last_open=False,
+                               global_from_compression=True)
+    with torch.no_grad():
+        out = model.forward_train([pad_layouts([lay], model.special.pad) for lay in layouts])
+    torch.testing.assert_close(out["global_state"], streamed.global_state, atol=ATOL, rtol=1e-4)
+    torch.testing.assert_close(out["fifo"], streamed.fifo, atol=ATOL, rtol=1e-4)
+    readouts = tiny_model("qwen3").config
+    assert cfg.fingerprint() != readouts.fingerprint()
+    assert "global_source" not in readouts.state_fields()
+
+
+def test_global_from_compression_needs_compression_tokens_for_every_slot() -> None:
+    with pytest.raises(ValueError, match="needs temporary_memory"):
+        CometConfig(global_source="compression", temporary_memory=False)
+    with pytest.raises(ValueError, match=r"must not exceed ceil\(chunk_size / compression_stride\) \(128\)"):
+        CometConfig(global_source="compression", num_global_slots=129)
+    with pytest.raises(ValueError, match="global_source must be one of readouts, compression"):
+        CometConfig(global_source="tokens")
+    assert CometConfig(global_source="compression").num_readouts == 0

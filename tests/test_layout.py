@@ -47,12 +47,42 @@ def test_chunk_layout_structure(text, g, q, s, closed) -> None:
     assert all(lay.input_ids[i] == IDS.compression for i in lay.compression_index)
     assert [lay.input_ids[i] for i in lay.readout_index] == [IDS.first_readout + i for i in range(r)]
     assert lay.readout_index == tuple(range(len(lay) - r, len(lay)))  # readouts at the very end
+    assert lay.global_write_index == lay.readout_index
     assert lay.position_ids == tuple(range(len(lay)))
     # every compression token directly follows the last text token of its group
     for k, pos in enumerate(lay.compression_index):
         before = lay.text_index.index(pos - 1)
         assert (before + 1) % s == 0 or (closed and before == n - 1)
         assert before + 1 == min(n, (k + 1) * s)
+
+
+@settings(max_examples=100, deadline=None)
+@given(text=texts, g=st.sampled_from([0, 4]), q=st.integers(0, 9), s=st.integers(1, 9), closed=st.booleans())
+def test_compression_tokens_write_the_global_memory(text, g, q, s, closed) -> None:
+    """global_from_compression: no readouts; slot i is written from the i-th compression token of a closed chunk."""
+    r = 4 if closed else 0
+    lay = build_chunk_layout(text, num_global=g, num_temp=q, stride=s, num_readouts=r, closed=closed, ids=IDS,
+                             global_from_compression=True)
+    plain = build_chunk_layout(text, num_global=g, num_temp=q, stride=s, num_readouts=0, closed=closed, ids=IDS)
+    assert lay.input_ids == plain.input_ids  # the layout of a chunk without readouts
+    assert lay.readout_index == ()
+    assert lay.global_write_index == lay.compression_index[:r]
+
+
+def test_short_chunks_write_fewer_global_slots() -> None:
+    long = build_chunk_layout(list(range(2, 14)), num_global=0, num_temp=0, stride=3, num_readouts=4, closed=True,
+                              ids=IDS, global_from_compression=True)
+    short = build_chunk_layout(list(range(2, 6)), num_global=4, num_temp=0, stride=3, num_readouts=4, closed=True,
+                               ids=IDS, global_from_compression=True)
+    open_ = build_chunk_layout([7, 8, 9, 10], num_global=4, num_temp=0, stride=3, num_readouts=0, closed=False,
+                               ids=IDS, global_from_compression=True)
+    batch = pad_layouts([long, short, open_], IDS.pad)
+    assert batch.global_write_valid.tolist() == [[True] * 4, [True, True, False, False], [False] * 4]
+    assert batch.writes_global.tolist() == [True, True, False]
+    assert batch.any_global_write and batch.partial_global_write
+    seq = sequence_layouts([list(range(2, 14)), [5, 6]], num_global=4, fifo_budget=8, stride=3, ids=IDS,
+                           last_open=True, global_from_compression=True)
+    assert seq[1].num_global == 4  # the first chunk wrote the global memory without readouts
 
 
 @given(n=st.integers(1, 100), s=st.integers(1, 10))
@@ -120,7 +150,8 @@ def test_padding_recovers_each_layout(data) -> None:
         assert batch.temp_index[b][batch.temp_valid[b]].tolist() == list(range(lay.num_global, lay.num_global + lay.num_temp))
         assert batch.compression_index[b][batch.compression_valid[b]].tolist() == list(lay.compression_index)
         assert batch.text_index[b][batch.text_valid[b]].tolist() == list(lay.text_index)
-        assert batch.readout_index[b].tolist() == list(lay.readout_index)
+        assert batch.global_write_index[b].tolist() == list(lay.readout_index)  # readouts write the global memory
+        assert bool(batch.writes_global[b])
         assert bool(batch.has_global[b]) == (lay.num_global > 0)
 
 

@@ -365,6 +365,36 @@ def test_a_sequence_without_fifo_reaches_its_answer_through_the_global_memory_al
     assert torch.allclose(after[1], together[1], atol=1e-6) and not torch.allclose(after[0], together[0], atol=1e-3)
 
 
+def test_without_fifo_keeps_the_compression_tokens_that_write_the_global_memory() -> None:
+    """global_source="compression": a sequence laid out without the FIFO keeps its compression tokens (they write
+    the global memory) but has no temporary slots, so its loss ignores the FIFO's adapter and not the global one."""
+    from comet_agents.training.examples import collate
+
+    model = tiny_model("llama", global_source="compression")
+    plain, dropped = key_recall_batch(0, 0)
+    dropped.without_fifo = True
+    batches, _ = collate([plain, dropped], model)
+    assert not batches[1].temp_valid[1].any() and batches[1].temp_valid[0].any()
+    assert batches[0].compression_valid[1].any() and batches[0].writes_global.all()
+    assert batches[1].has_global.all()
+
+    def losses():
+        with torch.no_grad():
+            chunks, weights = collate([plain, dropped], model)
+            return model.forward_train(chunks, loss_weights=weights)["sample_loss"]
+
+    before = losses()
+    with torch.no_grad():
+        for layer in model.memory:
+            layer.temp_net.adapter.up.weight.add_(1.0)
+    after_fifo = losses()
+    assert torch.allclose(after_fifo[1], before[1], atol=1e-6) and not torch.allclose(after_fifo[0], before[0], atol=1e-3)
+    with torch.no_grad():
+        for layer in model.memory:
+            layer.global_net.adapter.up.weight.add_(1.0)
+    assert not torch.allclose(losses()[1], after_fifo[1], atol=1e-3)
+
+
 def test_cli_takes_fifo_dropout(tmp_path, monkeypatch) -> None:
     from typer.testing import CliRunner
 

@@ -16,6 +16,9 @@ differ in how the global memory learns:
 * ``fifo-base-gate``: as ``base-gate`` with a FIFO of 4 entries (2 per chunk: it holds the last 2 chunks);
 * ``fifo-dropout`` / ``fifo-dropout-all``: the same, with half / all of the training sequences laid out without
   the FIFO (``TrainArgs.fifo_dropout``). Arms with a FIFO are also evaluated without it (the global memory alone).
+* ``fifo-compression`` / ``fifo-compression-dropout``: as ``fifo-base-gate`` / with 30 % FIFO dropout, with the
+  global memory written by the compression tokens (``global_source="compression"``, 2 slots: one per
+  compression token) instead of 4 readouts.
 
 Reports held-out accuracy per distance (also 8 and 12, beyond the trained range) and the share of saturated
 gates (g > 0.99 or < 0.01). Minutes on 2 CPU cores.
@@ -49,16 +52,21 @@ ARMS = {
     "fifo-base-gate": dict(gate=True, gate_lr_mult=1.0, fifo=4),
     "fifo-dropout": dict(gate=True, gate_lr_mult=1.0, fifo=4, fifo_dropout=0.5),
     "fifo-dropout-all": dict(gate=True, gate_lr_mult=1.0, fifo=4, fifo_dropout=1.0),
+    "fifo-compression": dict(gate=True, gate_lr_mult=1.0, fifo=4, global_source="compression"),
+    "fifo-compression-dropout": dict(gate=True, gate_lr_mult=1.0, fifo=4, fifo_dropout=0.3,
+                                     global_source="compression"),
 }
 
 
-def tiny(gate: bool, seed: int, memory_source: str = "input", fifo: int = 0) -> CometModel:
+def tiny(gate: bool, seed: int, memory_source: str = "input", fifo: int = 0,
+         global_source: str = "readouts") -> CometModel:
     torch.manual_seed(seed)
     base = LlamaForCausalLM(LlamaConfig(
         vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
         num_key_value_heads=2, max_position_embeddings=256, eos_token_id=1, pad_token_id=1,
         tie_word_embeddings=True, initializer_range=0.1)).float().eval()
-    cfg = CometConfig(chunk_size=C, num_global_slots=4, compression_stride=8, fifo_budget=fifo, temporary_memory=fifo > 0,
+    slots = C // 8 if global_source == "compression" else 4
+    cfg = CometConfig(chunk_size=C, num_global_slots=slots, compression_stride=8, global_source=global_source, fifo_budget=fifo, temporary_memory=fifo > 0,
                       gate=gate, memory_source=memory_source, adapter_rank=4, memory_lora_rank=8,
                       memory_lora_alpha=16, lora_rank=4)
     return CometModel(base, cfg, base_fingerprint=f"gate-probe-{seed}")
@@ -134,7 +142,8 @@ def main() -> None:
     for seed in (int(s) for s in a.seeds.split(",")):
         for arm in a.arms.split(","):
             spec = ARMS[arm]
-            model = tiny(spec["gate"], seed, spec.get("memory_source", "input"), spec.get("fifo", 0))
+            model = tiny(spec["gate"], seed, spec.get("memory_source", "input"), spec.get("fifo", 0),
+                         spec.get("global_source", "readouts"))
             run = Path(a.run_dir) / f"{arm}-{seed}"
             shutil.rmtree(run, ignore_errors=True)
             args = TrainArgs(output_dir=str(run), steps=a.steps, lr=a.lr, gate_lr_mult=spec["gate_lr_mult"],
@@ -142,7 +151,8 @@ def main() -> None:
                              seed=seed, fifo_dropout=spec.get("fifo_dropout", 0.0))
             t0 = time.perf_counter()
             train(args, model=model, sample_fn=batches, log=lambda s: None)
-            row = {"arm": arm, "seed": seed, "memory_source": model.config.memory_source, "fifo": model.config.fifo, "steps": a.steps, "lr": a.lr, "gate_lr_mult": spec["gate_lr_mult"],
+            row = {"arm": arm, "seed": seed, "memory_source": model.config.memory_source, "fifo": model.config.fifo,
+                   "global_source": model.config.global_source, "slots": model.config.m, "steps": a.steps, "lr": a.lr, "gate_lr_mult": spec["gate_lr_mult"],
                    "fifo_dropout": args.fifo_dropout, "accuracy": evaluate(model, [1, 2, 3, 4, 5, 6, 8, 12]),
                    "saturated_gates": saturated_gates(model), "seconds": round(time.perf_counter() - t0)}
             if model.config.fifo:  # the global memory alone: the same held-out sequences laid out without the FIFO

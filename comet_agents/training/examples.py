@@ -127,9 +127,12 @@ def _collate(examples: Sequence[TrainingExample], cfg: CometConfig,
         raise ValueError(f"examples in one batch must have the same number of chunks, got {sorted(counts)}")
     per_example = []
     for ex in examples:
-        fifo, stride, open_stride = (0, 0, 0) if ex.without_fifo else (cfg.fifo, cfg.stride, cfg.open_stride)
+        fifo, stride, open_stride = cfg.fifo, cfg.stride, cfg.open_stride
+        if ex.without_fifo:  # compression tokens stay where they write the global memory, the FIFO slots go
+            fifo, stride, open_stride = (0, stride, open_stride) if cfg.global_from_compression else (0, 0, 0)
         lays = sequence_layouts(ex.chunk_texts, num_global=cfg.m, fifo_budget=fifo, stride=stride,
-                                ids=special, last_open=True, open_stride=open_stride)
+                                ids=special, last_open=True, open_stride=open_stride,
+                                global_from_compression=cfg.global_from_compression)
         per_example.append(lays)
     batches, weights = [], []
     for c in range(counts.pop()):
