@@ -105,13 +105,13 @@ class CometConfig:
         if self.global_source not in GLOBAL_SOURCES:
             problems.append(f"global_source must be one of {', '.join(GLOBAL_SOURCES)}, got {self.global_source!r}")
         elif self.global_source == "compression" and self.global_memory:
+            groups = -(-self.chunk_size // max(1, self.compression_stride))
             if not self.temporary_memory:
                 problems.append('global_source="compression" needs temporary_memory on (its compression tokens)')
-            elif self.num_global_slots > -(-self.chunk_size // self.compression_stride):
+            elif self.num_global_slots > groups:
                 problems.append(
                     f'global_source="compression" writes slot i from compression token i, so num_global_slots '
-                    f"({self.num_global_slots}) must not exceed ceil(chunk_size / compression_stride) "
-                    f"({-(-self.chunk_size // self.compression_stride)})")
+                    f"({self.num_global_slots}) must not exceed ceil(chunk_size / compression_stride) ({groups})")
         if problems:
             raise ValueError("invalid CometConfig: " + "; ".join(problems))
         object.__setattr__(self, "lora_targets", tuple(self.lora_targets))

@@ -53,7 +53,7 @@ class ChunkLayout:
     readout_index: tuple[int, ...]
     # Positions whose hidden states become the global candidates, slot i from entry i: the readouts, or the
     # first m compression tokens with ``global_from_compression``; empty where the chunk does not write.
-    global_write_index: tuple[int, ...] = ()
+    global_write_index: tuple[int, ...]
 
     def __len__(self) -> int:
         return len(self.input_ids)

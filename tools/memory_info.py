@@ -25,6 +25,7 @@ import json
 import random
 import string
 import time
+from typing import Any
 
 import torch
 
@@ -46,6 +47,12 @@ def decoy_key(key: str, rng: random.Random) -> str:
         )
         if out != key:
             return out
+
+
+def with_decoy(sample: Any, rng: random.Random) -> tuple[Any, str]:
+    """A copy of a one-question pass-key ``sample`` whose answer is a decoy key; returns it and the decoy."""
+    fake = decoy_key(sample.meta["key"], rng)
+    return dataclasses.replace(sample, qa=[dataclasses.replace(sample.qa[0], answer=fake)]), fake
 
 
 def main() -> None:
@@ -72,8 +79,7 @@ def main() -> None:
         if true_ex.num_chunks != a.closed + 1 or true_ex.key_age is None:
             continue
         key = sample.meta["key"]
-        fake = decoy_key(key, rng)
-        decoy = dataclasses.replace(sample, qa=[dataclasses.replace(sample.qa[0], answer=fake)])
+        decoy, fake = with_decoy(sample, rng)
         pairs.append((true_ex, encode_sample(decoy, tok, C), key, fake))
     layouts = [False, True] if a.without_fifo else [False]
     rows = []

@@ -25,7 +25,6 @@ Minutes on 2 CPU cores; meant to compare arms before spending GPU time, not to t
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import random
 import sys
@@ -42,7 +41,7 @@ from comet_agents.training.examples import collate, encode_sample
 from comet_agents.training.trainer import TrainArgs, train
 
 sys.path.insert(0, str(Path(__file__).parent))
-from memory_info import decoy_key  # noqa: E402
+from memory_info import with_decoy  # noqa: E402
 
 ARMS = {
     "new": dict(memory_source="input", memory_lora_rank=16, memory_lora_alpha=32, lora_rank=0),
@@ -90,8 +89,7 @@ def evaluate(model: CometModel, samples: list, without_fifo: bool = False) -> di
             else:
                 state = engine.absorb_text(engine.new_state(), s.stream)
                 exact += engine.recall(state, s.qa[0].question, max_new_tokens=16).strip() == s.meta["key"]
-            fake = decoy_key(s.meta["key"], rng)
-            decoy = encode_sample(dataclasses.replace(s, qa=[dataclasses.replace(s.qa[0], answer=fake)]), tok, C)
+            decoy = encode_sample(with_decoy(s, rng)[0], tok, C)
             decoy.without_fifo = without_fifo
             batches, weights = collate([decoy], model)
             decoys.append(float(model.forward_train(batches, loss_weights=weights)["loss"]))
