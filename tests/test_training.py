@@ -250,6 +250,54 @@ def test_reinit_gates_restarts_only_the_gates_and_the_run_resumes(tmp_path) -> N
     assert json.loads((ckpt / "trainer_state.json").read_text())["events"] == state["events"]  # kept on save
 
 
+def test_copy_temporary_read_to_global_makes_a_slot_written_once_read_like_its_fifo_entry(tmp_path) -> None:
+    """After the copy, a global slot written by one chunk injects exactly what the FIFO entry of the same
+    compression token injects, at every layer; nothing but the global read path changes, and the run resumes."""
+    import json
+
+    from safetensors.torch import load_file
+
+    from comet_agents.engine import MemoryEngine
+    from comet_agents.training.trainer import copy_temporary_read_to_global
+
+    make = lambda: tiny_model("llama", lora_rank=4, global_source="compression")  # noqa: E731
+    ckpt = tmp_path / "checkpoint"
+    train(args_for(tmp_path, 3), model=make(), sample_fn=key_recall_batch, log=lambda s: None)
+    before = load_file(str(ckpt / "comet_adapter.safetensors"))
+    names = copy_temporary_read_to_global(ckpt)
+    after = load_file(str(ckpt / "comet_adapter.safetensors"))
+    assert names and all(".global_net." in n and ".gate." not in n for n in names)
+    for n in after:
+        assert torch.equal(after[n], before[n]) != (n in names), n
+        if n in names:
+            assert torch.equal(after[n], before[n.replace(".global_net.", ".temp_net.")])
+    assert not set(names) & set(load_file(str(ckpt / "optim_exp_avg.safetensors")))
+    state = json.loads((ckpt / "trainer_state.json").read_text())
+    assert state["events"][-1] == {"step": 3, "event": "copy_temporary_read_to_global"}
+
+    model = make()
+    model.load_adapter_state_dict(after)
+    engine = MemoryEngine(model)
+    mem = engine.absorb(engine.new_state(), list(range(20, 20 + model.config.chunk_size)))
+    m = model.config.m
+    with torch.no_grad():
+        for layer, net in enumerate(model.memory):
+            injected = net.global_net.adapter(mem.global_state[layer])
+            assert torch.allclose(injected, mem.fifo[layer][:, :m].float(), atol=1e-4), layer
+    with pytest.raises(ValueError, match="no global-memory read path"):
+        copy_temporary_read_to_global(_without_global(tmp_path))
+    result = train(args_for(tmp_path, 5), model=make(), sample_fn=key_recall_batch, log=lambda s: None)
+    assert result["step"] == 5 and all(math.isfinite(h["loss"]) for h in result["history"])
+
+
+def _without_global(tmp_path):
+    """A checkpoint of a model that has no global memory."""
+    out = tmp_path / "no-global"
+    train(args_for(out, 1), model=tiny_model("llama", lora_rank=4, global_memory=False), sample_fn=key_recall_batch,
+          log=lambda s: None)
+    return out / "checkpoint"
+
+
 def test_open_chunk_tails_cover_short_ones_as_at_recall_time() -> None:
     """The stream's tail left in the open chunk ranges from nothing to most of a chunk: recall after absorbing a
     whole number of chunks leaves only a few tokens there, and a model never trained on that fails to read memory."""

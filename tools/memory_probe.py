@@ -55,14 +55,14 @@ WITHOUT_FIFO = {"compression-global"}  # arms trained and evaluated with every s
 SMALL = dict(chunk_size=64, num_global_slots=8, compression_stride=8, fifo_budget=64)
 
 
-def held_out(model: CometModel, n: int) -> list:
-    """Held-out pass-key samples whose needle ends inside the first (closed) chunk."""
+def held_out(model: CometModel, n: int, closed: int = 1) -> list:
+    """Held-out pass-key samples whose needle ends inside the first of ``closed`` closed chunks."""
     tok, C = model.tokenizer, model.config.chunk_size
     count = lambda t: len(tok(t, add_special_tokens=False)["input_ids"])  # noqa: E731
     out, seed = [], 10**6
     while len(out) < n:
         seed += 1
-        s = passkey.generate_in_memory(seed, C + 24 + seed % 32, count)
+        s = passkey.generate_in_memory(seed, closed * C + 24 + seed % 32, count)
         end = s.stream.index(s.meta["needle"]) + len(s.meta["needle"])
         if count(s.stream[:end]) < C:
             out.append(s)
@@ -105,6 +105,9 @@ def main() -> None:
     ap.add_argument("--families", default="passkey_memory:1", help="family:weight pairs to train on")
     ap.add_argument("--tokens-per-micro-batch", type=int, default=1024)
     ap.add_argument("--eval-items", type=int, default=40)
+    ap.add_argument("--closed", type=int, default=1,
+                    help="closed chunks per sequence; held-out needles sit in the first, so above 1 the global "
+                         "memory must keep the key through closed - 1 gated updates")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--skip-before", action="store_true", help="do not evaluate the untrained arm first")
     ap.add_argument("--out", required=True)
@@ -113,12 +116,12 @@ def main() -> None:
     torch.manual_seed(0)
     cfg = CometConfig(**SMALL, **ARMS[a.arm])
     model = CometModel.from_pretrained(DEFAULT_BASE, config=cfg, device="cpu")
-    samples = held_out(model, a.eval_items)
+    samples = held_out(model, a.eval_items, a.closed)
     without = a.arm in WITHOUT_FIFO
     before = None if a.skip_before else evaluate(model, samples, without)
     print(json.dumps({"arm": a.arm, "before": before}), flush=True)
     run = Path(a.out).with_suffix(".run")
-    args = TrainArgs(output_dir=str(run), steps=a.steps, lr=a.lr, warmup_steps=10, curriculum=[(10**9, 1)],
+    args = TrainArgs(output_dir=str(run), steps=a.steps, lr=a.lr, warmup_steps=10, curriculum=[(10**9, a.closed)],
                      families={k: float(v) for k, v in (p.split(":") for p in a.families.split(","))},
                      tokens_per_micro_batch=a.tokens_per_micro_batch,
                      save_every=10**9, log_every=10, gradient_checkpointing=False, smoke=True, comet=cfg.to_dict(),
@@ -126,7 +129,8 @@ def main() -> None:
     t0 = time.time()
     result = train(args, model=model, log=lambda line: print(line, flush=True))
     after = evaluate(model, samples, without)
-    report = {"arm": a.arm, "config": cfg.to_dict(), "steps": a.steps, "lr": a.lr, "families": a.families,
+    report = {"arm": a.arm, "closed": a.closed, "config": cfg.to_dict(), "steps": a.steps, "lr": a.lr,
+              "families": a.families,
               "seconds": round(time.time() - t0),
               "before": before, "after": after,
               "loss_curve": [round(h["loss"], 4) for h in result["history"]],

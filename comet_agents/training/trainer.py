@@ -283,30 +283,66 @@ def reinit_gates(directory: str | Path, *, std: float = 0.02, seed: int = 0) -> 
     For a run whose gates saturated (every slot at g = 0 or 1: the sigmoid passes no gradient, so training
     cannot move them back). The adapter's fingerprint in ``comet_config.json`` is updated to match.
     """
+    adapter = load_file(str(Path(directory) / ADAPTER_FILE))
+    names = sorted(k for k in adapter if k.endswith(".global_net.gate.weight"))
+    if not names:
+        raise ValueError(f"{directory} holds no global-memory gates")
+    gen = torch.Generator().manual_seed(seed)
+    new = {name: (torch.randn(adapter[name].shape, generator=gen) * std).contiguous() for name in names}
+    _rewrite_checkpoint(directory, new, {"event": "reinit_gates", "std": std, "seed": seed})
+    return names
+
+
+def copy_temporary_read_to_global(directory: str | Path) -> list[str]:
+    """Give a checkpoint's global memory the temporary memory's read path, in place: each layer's
+    ``global_net.norm`` and ``global_net.adapter`` become copies of its ``temp_net.norm`` and
+    ``temp_net.adapter`` (their AdamW moments dropped). Returns the names written.
+
+    With ``global_source="compression"`` a slot written once then holds exactly what a FIFO entry of the same
+    compression token holds, so whatever the model learnt about reading the FIFO applies to the global memory
+    from the first step; the two copies train apart afterwards. The gates and every other tensor stay.
+    """
+    adapter = load_file(str(Path(directory) / ADAPTER_FILE))
+    new = {}
+    for name in sorted(adapter):
+        if ".global_net." in name and not name.endswith(".gate.weight"):
+            src = name.replace(".global_net.", ".temp_net.")
+            if src not in adapter:
+                raise ValueError(f"{directory} has {name} but no {src} to copy it from")
+            if adapter[src].shape != adapter[name].shape:
+                raise ValueError(f"{src} {tuple(adapter[src].shape)} does not fit {name} {tuple(adapter[name].shape)}")
+            new[name] = adapter[src].clone().contiguous()
+    if not new:
+        raise ValueError(f"{directory} holds no global-memory read path")
+    _rewrite_checkpoint(directory, new, {"event": "copy_temporary_read_to_global"})
+    return sorted(new)
+
+
+def _rewrite_checkpoint(directory: str | Path, tensors: dict[str, torch.Tensor], event: dict[str, Any]) -> None:
+    """Replace ``tensors`` in a checkpoint's adapter, drop their AdamW moments and step counts, log ``event`` in
+    its state and refresh the adapter fingerprint. Written next to the checkpoint and swapped in, so a failure
+    leaves the old checkpoint whole."""
     from ..config import CONFIG_FILE
     from ..modeling import adapter_fingerprint
 
     directory = Path(directory)
     state = json.loads((directory / STATE_FILE).read_text())
     adapter = load_file(str(directory / ADAPTER_FILE))
-    names = sorted(k for k in adapter if k.endswith(".global_net.gate.weight"))
-    if not names:
-        raise ValueError(f"{directory} holds no global-memory gates")
-    gen = torch.Generator().manual_seed(seed)
-    for name in names:
-        adapter[name] = (torch.randn(adapter[name].shape, generator=gen) * std).contiguous()
+    unknown = sorted(set(tensors) - set(adapter))
+    if unknown:
+        raise ValueError(f"{directory} has no tensors {unknown}")
+    adapter.update(tensors)
     moments = {k: load_file(str(directory / f"optim_{k}.safetensors")) for k in ("exp_avg", "exp_avg_sq")}
-    state["adam_steps"] = {n: v for n, v in state["adam_steps"].items() if n not in names}
-    state.setdefault("events", []).append({"step": state["step"], "event": "reinit_gates", "std": std, "seed": seed})
+    state["adam_steps"] = {n: v for n, v in state["adam_steps"].items() if n not in tensors}
+    state.setdefault("events", []).append({"step": state["step"], **event})
     cfg = json.loads((directory / CONFIG_FILE).read_text())
     cfg.setdefault("meta", {})["adapter_fingerprint"] = adapter_fingerprint(adapter)
-    # Written next to the checkpoint and swapped in, so a failure leaves the old checkpoint whole.
     tmp = directory.with_name(directory.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.copytree(directory, tmp)
     save_file(adapter, tmp / ADAPTER_FILE, metadata={"format": "comet-agents/adapter"})
-    for k, tensors in moments.items():
-        save_file({n: t for n, t in tensors.items() if n not in names}, tmp / f"optim_{k}.safetensors")
+    for k, kept in moments.items():
+        save_file({n: t for n, t in kept.items() if n not in tensors}, tmp / f"optim_{k}.safetensors")
     (tmp / CONFIG_FILE).write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
     (tmp / STATE_FILE).write_text(json.dumps(state, indent=1))
     old = directory.with_name(directory.name + ".old")
@@ -314,7 +350,6 @@ def reinit_gates(directory: str | Path, *, std: float = 0.02, seed: int = 0) -> 
     directory.rename(old)
     tmp.rename(directory)
     shutil.rmtree(old)
-    return names
 
 
 def _peak_memory(device: torch.device) -> dict[str, float]:
