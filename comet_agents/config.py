@@ -15,7 +15,7 @@ from typing import Any
 
 CONFIG_FILE = "comet_config.json"
 MEMORY_SOURCES = ("input", "output")
-GLOBAL_SOURCES = ("readouts", "compression")
+GLOBAL_SOURCES = ("readouts", "compression", "evicted")
 
 
 @dataclass(frozen=True)
@@ -53,6 +53,13 @@ class CometConfig:
             the same rows), so every slot starts from content a frozen backbone can read, and the gate only
             has to learn what to keep; readouts must first learn to find content in the whole chunk
             (docs/training.md, "The global memory from compression tokens"). Needs the temporary memory.
+            ``"evicted"``: the FIFO entries a chunk's push evicts, the ``i``-th evicted row writing slot ``i``
+            (so ``m`` must be at least ``ceil(C/s)``, the entries one closed chunk pushes, and ``B`` a multiple
+            of it: each push then evicts one whole older chunk). The global memory
+            then holds only what has left the FIFO, never a second copy of what the FIFO shows, and a slot
+            written once presents exactly the FIFO entry it came from: no norm or adapter of its own, the
+            read path the model has for the FIFO works for it from the start. Until the first eviction
+            (``B / ceil(C/s)`` chunks, 4 by default) no global slots are laid out. Needs the temporary memory.
         memory_lora_rank: rank of the LoRA that runs only at memory positions (the added tokens: slots,
             compression tokens, readouts); 0 disables it. Text positions never see it, so the backbone's
             behaviour on plain text is untouched while the tokens that write and present memory get their own
@@ -104,14 +111,25 @@ class CometConfig:
             problems.append(f"memory_source must be one of {', '.join(MEMORY_SOURCES)}, got {self.memory_source!r}")
         if self.global_source not in GLOBAL_SOURCES:
             problems.append(f"global_source must be one of {', '.join(GLOBAL_SOURCES)}, got {self.global_source!r}")
-        elif self.global_source == "compression" and self.global_memory:
+        elif self.global_source != "readouts" and self.global_memory:
             groups = -(-self.chunk_size // max(1, self.compression_stride))
             if not self.temporary_memory:
-                problems.append('global_source="compression" needs temporary_memory on (its compression tokens)')
-            elif self.num_global_slots > groups:
+                problems.append(f"global_source={self.global_source!r} needs temporary_memory on (its compression "
+                                "tokens and FIFO)")
+            elif self.global_source == "compression" and self.num_global_slots > groups:
                 problems.append(
                     f'global_source="compression" writes slot i from compression token i, so num_global_slots '
                     f"({self.num_global_slots}) must not exceed ceil(chunk_size / compression_stride) ({groups})")
+            elif self.global_source == "evicted" and self.num_global_slots < groups:
+                problems.append(
+                    f'global_source="evicted" writes slot i from the i-th evicted FIFO entry, so num_global_slots '
+                    f"({self.num_global_slots}) must be at least ceil(chunk_size / compression_stride) ({groups}), "
+                    "the entries one chunk pushes")
+            elif self.global_source == "evicted" and (self.fifo_budget < groups or self.fifo_budget % groups):
+                problems.append(
+                    f'global_source="evicted" needs fifo_budget ({self.fifo_budget}) to be a whole number of '
+                    f"chunks' entries ({groups} each), so that every push evicts one whole older chunk, entry i "
+                    "into slot i")
         if problems:
             raise ValueError("invalid CometConfig: " + "; ".join(problems))
         object.__setattr__(self, "lora_targets", tuple(self.lora_targets))
@@ -129,9 +147,14 @@ class CometConfig:
         return bool(self.m) and self.global_source == "compression"
 
     @property
+    def global_from_fifo(self) -> bool:
+        """Whether the entries evicted from the FIFO write the global memory (``global_source="evicted"``)."""
+        return bool(self.m) and self.global_source == "evicted"
+
+    @property
     def num_readouts(self) -> int:
         """Readout tokens appended to a closed chunk: ``m`` when readouts write the global memory, else 0."""
-        return 0 if self.global_from_compression else self.m
+        return 0 if self.global_from_compression or self.global_from_fifo else self.m
 
     @property
     def stride(self) -> int:

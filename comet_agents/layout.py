@@ -52,7 +52,9 @@ class ChunkLayout:
     compression_index: tuple[int, ...]
     readout_index: tuple[int, ...]
     # Positions whose hidden states become the global candidates, slot i from entry i: the readouts, or the
-    # first m compression tokens with ``global_from_compression``; empty where the chunk does not write.
+    # first m compression tokens with ``global_from_compression``; empty where the chunk does not write. With
+    # ``fifo_writes`` (global_source="evicted") they are rows of the FIFO before this chunk's push instead,
+    # the ones the push evicts (0 .. fifo_writes - 1, oldest first).
     global_write_index: tuple[int, ...]
 
     def __len__(self) -> int:
@@ -91,6 +93,7 @@ def build_chunk_layout(
     closed: bool,
     ids: SpecialIds,
     global_from_compression: bool = False,
+    fifo_writes: int = 0,
 ) -> ChunkLayout:
     """Build one chunk's layout.
 
@@ -105,7 +108,11 @@ def build_chunk_layout(
             (``CometConfig.global_source == "compression"``): then ``num_readouts`` is the number of slots they
             write (the first ``num_readouts`` compression tokens, slot i from the i-th), and no readout tokens
             are appended.
+        fifo_writes: with ``CometConfig.global_source == "evicted"``, how many of the FIFO's oldest entries this
+            chunk's push evicts; they write slots 0 .. fifo_writes - 1. Pass ``num_readouts=0`` with it.
     """
+    if fifo_writes and (num_readouts or global_from_compression):
+        raise ValueError("fifo_writes excludes readouts and global_from_compression: one writer per global memory")
     if not closed and num_readouts:
         raise ValueError("an open chunk has no readouts")
     tokens: list[int] = [ids.memory] * (num_global + num_temp)
@@ -117,7 +124,9 @@ def build_chunk_layout(
         if comp:
             comp_index.append(len(tokens))
             tokens.append(ids.compression)
-    if global_from_compression:
+    if fifo_writes:
+        readout_index, writes = (), tuple(range(fifo_writes))
+    elif global_from_compression:
         readout_index, writes = (), tuple(comp_index[:num_readouts])
     else:
         readout_index = writes = tuple(range(len(tokens), len(tokens) + num_readouts))
@@ -131,6 +140,12 @@ def build_chunk_layout(
         readout_index=readout_index,
         global_write_index=writes,
     )
+
+
+def fifo_evictions(fifo_len: int, num_new: int, budget: int) -> int:
+    """How many of the oldest FIFO entries a push of ``num_new`` entries evicts from a FIFO of ``budget`` rows
+    holding ``fifo_len`` (what :func:`comet_agents.modeling.fifo_push` drops)."""
+    return max(0, min(fifo_len, fifo_len + num_new - budget)) if budget else 0
 
 
 def split_into_chunks(token_ids: Sequence[int], chunk_size: int) -> list[list[int]]:
@@ -325,6 +340,7 @@ def sequence_layouts(
     last_open: bool,
     open_stride: int | None = None,
     global_from_compression: bool = False,
+    global_from_fifo: bool = False,
 ) -> list[ChunkLayout]:
     """Layouts of a whole sequence of chunks starting from empty memory (training's chunk plan).
 
@@ -332,21 +348,28 @@ def sequence_layouts(
     temporary slots and global slots once an earlier chunk wrote the global memory. With ``last_open`` the final chunk is
     laid out as at inference (no readouts, open final group), with compression stride ``open_stride`` (default:
     ``stride``; 0 places no compression tokens in it). ``global_from_compression``: see
-    :func:`build_chunk_layout`.
+    :func:`build_chunk_layout`. ``global_from_fifo`` (global_source="evicted"): a closed chunk writes the
+    global memory with the FIFO entries its push evicts (:func:`fifo_evictions`); ``fifo_budget`` must then be
+    the real FIFO's.
     """
     layouts: list[ChunkLayout] = []
     q, has_global = 0, False
     for c, text in enumerate(chunk_texts):
         closed = not (last_open and c == len(chunk_texts) - 1)
+        c_stride = stride if closed or open_stride is None else open_stride
+        evicts = 0
+        if global_from_fifo and closed:
+            evicts = fifo_evictions(q, sum(compression_after(len(text), c_stride, closed)), fifo_budget)
         lay = build_chunk_layout(
             text,
             num_global=num_global if has_global else 0,
             num_temp=q,
-            stride=stride if closed or open_stride is None else open_stride,
-            num_readouts=num_global if closed else 0,
+            stride=c_stride,
+            num_readouts=num_global if closed and not global_from_fifo else 0,
             closed=closed,
             ids=ids,
             global_from_compression=global_from_compression,
+            fifo_writes=evicts,
         )
         layouts.append(lay)
         q = min(fifo_budget, q + len(lay.compression_index)) if fifo_budget else 0

@@ -92,13 +92,24 @@ class LowRankAdapter(nn.Module):
 
 
 class GlobalMemoryNet(nn.Module):
-    """RMSNorm_g, the per-slot gate over [candidate ; old], and RLA_g (state -> injected memory)."""
+    """RMSNorm_g, the per-slot gate over [candidate ; old], and RLA_g (state -> injected memory).
 
-    def __init__(self, d: int, rank: int) -> None:
+    With ``gate_only`` (global_source="evicted") just the gate: candidates are FIFO entries, already normalised
+    and adapted by the temporary memory's net, and the state is injected as it is.
+    """
+
+    def __init__(self, d: int, rank: int, gate_only: bool = False) -> None:
         super().__init__()
-        self.norm = nn.RMSNorm(d)  # eps = machine epsilon of the input dtype, as in the official code
+        # eps = machine epsilon of the input dtype, as in the official code
+        self.norm = None if gate_only else nn.RMSNorm(d)
         self.gate = nn.Linear(2 * d, 1, bias=False)
-        self.adapter = LowRankAdapter(d, rank)
+        self.adapter = None if gate_only else LowRankAdapter(d, rank)
+
+    def candidates(self, rows: torch.Tensor) -> torch.Tensor:
+        return rows.float() if self.norm is None else self.norm(rows.float())
+
+    def inject(self, S: torch.Tensor) -> torch.Tensor:
+        return S if self.adapter is None else self.adapter(S)
 
 
 class TemporaryMemoryNet(nn.Module):
@@ -113,7 +124,7 @@ class TemporaryMemoryNet(nn.Module):
 class LayerMemory(nn.Module):
     def __init__(self, d: int, config: CometConfig) -> None:
         super().__init__()
-        self.global_net = GlobalMemoryNet(d, config.adapter_rank) if config.m else None
+        self.global_net = GlobalMemoryNet(d, config.adapter_rank, gate_only=config.global_from_fifo) if config.m else None
         self.temp_net = TemporaryMemoryNet(d, config.adapter_rank) if config.fifo else None
 
 
@@ -488,7 +499,7 @@ class CometModel(nn.Module):
         x = hidden
         m = self.config.m
         if mem.global_net is not None and S is not None and batch.any_global:
-            injected = mem.global_net.adapter(S).to(x.dtype)
+            injected = mem.global_net.inject(S).to(x.dtype)
             head = torch.where(batch.has_global[:, None, None], injected, x[:, :m])
             x = torch.cat([head, x[:, m:]], dim=1)
         if Q is not None and batch.temp_index.shape[1] > 0:
@@ -510,7 +521,8 @@ class CometModel(nn.Module):
             if index.shape[1] < m:  # compression tokens of chunks shorter than m * s: the last slots get none
                 index = nn.functional.pad(index, (0, m - index.shape[1]))
                 valid, partial = nn.functional.pad(valid, (0, m - valid.shape[1])), True
-            cand = mem.global_net.norm(_gather_rows(src, index).float())
+            rows = Q if self.config.global_from_fifo else src  # FIFO rows before this chunk's push, or chunk rows
+            cand = mem.global_net.candidates(_gather_rows(rows, index))
             if self.config.gate:
                 g = torch.sigmoid(mem.global_net.gate(torch.cat([cand, S], dim=-1)))
                 upd = torch.where(has_S[:, None, None], g * S + (1 - g) * cand, cand)

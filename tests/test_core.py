@@ -514,6 +514,54 @@ def test_global_memory_from_compression_tokens() -> None:
     assert "global_source" not in readouts.state_fields()
 
 
+def test_global_memory_from_evicted_fifo_entries() -> None:
+    """global_source="evicted": nothing reaches the global memory until the FIFO overflows; then each slot is
+    first written with exactly the FIFO entry its push evicted (so the global memory holds what the FIFO no
+    longer shows, read the way the FIFO is read), later mixed by the gate; streaming equals the training
+    forward, and the global net is the gate alone."""
+    engine = MemoryEngine(tiny_model("llama", global_source="evicted", fifo_budget=6))
+    model, cfg = engine.model, engine.config
+    assert cfg.num_readouts == 0 and model.memory[0].global_net.adapter is None
+    assert cfg.stride == 4 and cfg.m == 3  # 3 entries a chunk, a FIFO of 2 chunks
+    toks = tokens(12 * 5 + 3, seed=12)
+    state = engine.new_state()
+    for c in range(5):
+        before_fifo, before_global = state.fifo.clone(), state.global_state.clone()
+        lay = engine.chunk_layout(state, 0, toks[12 * c: 12 * (c + 1)], closed=True)
+        assert lay.readout_index == () and lay.num_global == (cfg.m if c >= 3 else 0)
+        assert lay.global_write_index == ((0, 1, 2) if c >= 2 else ())
+        engine.absorb(state, toks[12 * c: 12 * (c + 1)])
+        assert bool(state.has_global[0]) == (c >= 2)
+        if c == 2:  # the first eviction: the oldest chunk's entries, exactly
+            torch.testing.assert_close(state.global_state[:, 0], before_fifo[:, 0, :3].float(), atol=0, rtol=0)
+        elif c > 2:  # later ones mixed in by the gate: neither the old state nor the evicted entries alone
+            assert not torch.equal(state.global_state, before_global)
+            assert not torch.equal(state.global_state[:, 0], before_fifo[:, 0, :3].float())
+        else:
+            assert not state.global_state.any()
+
+    streamed = engine.absorb(engine.new_state(), toks)
+    layouts = sequence_layouts(split_into_chunks(toks[: 12 * 5], cfg.chunk_size), num_global=cfg.m,
+                               fifo_budget=cfg.fifo, stride=cfg.stride, ids=model.special, last_open=False,
+                               global_from_fifo=True)
+    with torch.no_grad():
+        out = model.forward_train([pad_layouts([lay], model.special.pad) for lay in layouts])
+    torch.testing.assert_close(out["global_state"], streamed.global_state, atol=ATOL, rtol=1e-4)
+    torch.testing.assert_close(out["fifo"], streamed.fifo, atol=ATOL, rtol=1e-4)
+    assert cfg.fingerprint() != tiny_model("llama", global_source="compression").config.fingerprint()
+
+
+def test_global_from_evicted_needs_a_slot_and_a_fifo_row_for_every_entry() -> None:
+    with pytest.raises(ValueError, match="needs temporary_memory"):
+        CometConfig(global_source="evicted", temporary_memory=False)
+    with pytest.raises(ValueError, match=r"must be at least ceil\(chunk_size / compression_stride\) \(128\)"):
+        CometConfig(global_source="evicted", num_global_slots=127)
+    for budget in (100, 600):
+        with pytest.raises(ValueError, match=rf"fifo_budget \({budget}\) to be a whole number of chunks' entries"):
+            CometConfig(global_source="evicted", fifo_budget=budget)
+    assert CometConfig(global_source="evicted").num_readouts == 0
+
+
 def test_global_from_compression_needs_compression_tokens_for_every_slot() -> None:
     with pytest.raises(ValueError, match="needs temporary_memory"):
         CometConfig(global_source="compression", temporary_memory=False)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import random
@@ -288,6 +289,35 @@ def test_copy_temporary_read_to_global_makes_a_slot_written_once_read_like_its_f
         copy_temporary_read_to_global(_without_global(tmp_path))
     result = train(args_for(tmp_path, 5), model=make(), sample_fn=key_recall_batch, log=lambda s: None)
     assert result["step"] == 5 and all(math.isfinite(h["loss"]) for h in result["history"])
+
+
+def test_use_evicted_global_switches_a_checkpoint_and_the_run_resumes(tmp_path) -> None:
+    """The switch removes only the global memory's norm and adapter (and their moments), records the new source
+    in the checkpoint's config, and a run with global_source="evicted" resumes from it; FIFO dropout, which would
+    leave such a model with no memory at all, is refused."""
+    import json
+
+    from safetensors.torch import load_file
+
+    from comet_agents.training.trainer import use_evicted_global
+
+    ckpt = tmp_path / "checkpoint"
+    train(args_for(tmp_path, 3), model=tiny_model("llama", lora_rank=4, global_source="compression", fifo_budget=6),
+          sample_fn=key_recall_batch, log=lambda s: None)
+    before = load_file(str(ckpt / "comet_adapter.safetensors"))
+    dropped = use_evicted_global(ckpt)
+    after = load_file(str(ckpt / "comet_adapter.safetensors"))
+    assert dropped and set(after) == set(before) - set(dropped)
+    assert all(".global_net.norm." in n or ".global_net.adapter." in n for n in dropped)
+    assert all(torch.equal(after[n], before[n]) for n in after)
+    assert not set(dropped) & set(load_file(str(ckpt / "optim_exp_avg_sq.safetensors")))
+    assert json.loads((ckpt / "comet_config.json").read_text())["comet"]["global_source"] == "evicted"
+    make = lambda: tiny_model("llama", lora_rank=4, global_source="evicted", fifo_budget=6)  # noqa: E731
+    result = train(args_for(tmp_path, 5), model=make(), sample_fn=key_recall_batch, log=lambda s: None)
+    assert result["step"] == 5 and all(math.isfinite(h["loss"]) for h in result["history"])
+    with pytest.raises(ValueError, match='fifo_dropout must be 0 with global_source="evicted"'):
+        train(dataclasses.replace(args_for(tmp_path / "other", 2), fifo_dropout=0.3), model=make(),
+              sample_fn=key_recall_batch, log=lambda s: None)
 
 
 def _without_global(tmp_path):

@@ -129,10 +129,14 @@ def _collate(examples: Sequence[TrainingExample], cfg: CometConfig,
     for ex in examples:
         fifo, stride, open_stride = cfg.fifo, cfg.stride, cfg.open_stride
         if ex.without_fifo:  # compression tokens stay where they write the global memory, the FIFO slots go
+            if cfg.global_from_fifo:
+                raise ValueError('a sequence without the FIFO has no global memory either with global_source='
+                                 '"evicted" (the FIFO writes it): FIFO dropout does not apply')
             fifo, stride, open_stride = (0, stride, open_stride) if cfg.global_from_compression else (0, 0, 0)
         lays = sequence_layouts(ex.chunk_texts, num_global=cfg.m, fifo_budget=fifo, stride=stride,
                                 ids=special, last_open=True, open_stride=open_stride,
-                                global_from_compression=cfg.global_from_compression)
+                                global_from_compression=cfg.global_from_compression,
+                                global_from_fifo=cfg.global_from_fifo)
         per_example.append(lays)
     batches, weights = [], []
     for c in range(counts.pop()):

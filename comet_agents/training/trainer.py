@@ -318,31 +318,51 @@ def copy_temporary_read_to_global(directory: str | Path) -> list[str]:
     return sorted(new)
 
 
-def _rewrite_checkpoint(directory: str | Path, tensors: dict[str, torch.Tensor], event: dict[str, Any]) -> None:
-    """Replace ``tensors`` in a checkpoint's adapter, drop their AdamW moments and step counts, log ``event`` in
-    its state and refresh the adapter fingerprint. Written next to the checkpoint and swapped in, so a failure
-    leaves the old checkpoint whole."""
+def use_evicted_global(directory: str | Path) -> list[str]:
+    """Switch a checkpoint to ``global_source="evicted"`` in place: its global memory's norm and adapter go (that
+    memory keeps FIFO entries as they are), the gates and everything else stay, and ``comet_config.json`` says
+    the new source. Returns the names removed. Resume it with ``--config-json '{"global_source": "evicted"}'``.
+    """
+    adapter = load_file(str(Path(directory) / ADAPTER_FILE))
+    drop = sorted(n for n in adapter if ".global_net." in n and not n.endswith(".gate.weight"))
+    if not any(n.endswith(".global_net.gate.weight") for n in adapter):
+        raise ValueError(f"{directory} holds no global memory")
+    _rewrite_checkpoint(directory, {}, {"event": "use_evicted_global"}, drop=drop,
+                        comet={"global_source": "evicted"})
+    return drop
+
+
+def _rewrite_checkpoint(directory: str | Path, tensors: dict[str, torch.Tensor], event: dict[str, Any], *,
+                        drop: Sequence[str] = (), comet: dict[str, Any] | None = None) -> None:
+    """Replace ``tensors`` in a checkpoint's adapter and remove ``drop``, dropping the AdamW moments and step
+    counts of both, log ``event`` in its state, update its config's ``comet`` fields and refresh the adapter
+    fingerprint. Written next to the checkpoint and swapped in, so a failure leaves the old checkpoint whole."""
     from ..config import CONFIG_FILE
     from ..modeling import adapter_fingerprint
 
     directory = Path(directory)
     state = json.loads((directory / STATE_FILE).read_text())
     adapter = load_file(str(directory / ADAPTER_FILE))
-    unknown = sorted(set(tensors) - set(adapter))
+    unknown = sorted((set(tensors) | set(drop)) - set(adapter))
     if unknown:
         raise ValueError(f"{directory} has no tensors {unknown}")
     adapter.update(tensors)
+    for name in drop:
+        del adapter[name]
+    touched = set(tensors) | set(drop)
     moments = {k: load_file(str(directory / f"optim_{k}.safetensors")) for k in ("exp_avg", "exp_avg_sq")}
-    state["adam_steps"] = {n: v for n, v in state["adam_steps"].items() if n not in tensors}
+    state["adam_steps"] = {n: v for n, v in state["adam_steps"].items() if n not in touched}
     state.setdefault("events", []).append({"step": state["step"], **event})
     cfg = json.loads((directory / CONFIG_FILE).read_text())
     cfg.setdefault("meta", {})["adapter_fingerprint"] = adapter_fingerprint(adapter)
+    if comet:
+        cfg.setdefault("comet", {}).update(comet)
     tmp = directory.with_name(directory.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.copytree(directory, tmp)
     save_file(adapter, tmp / ADAPTER_FILE, metadata={"format": "comet-agents/adapter"})
     for k, kept in moments.items():
-        save_file({n: t for n, t in kept.items() if n not in tensors}, tmp / f"optim_{k}.safetensors")
+        save_file({n: t for n, t in kept.items() if n not in touched}, tmp / f"optim_{k}.safetensors")
     (tmp / CONFIG_FILE).write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
     (tmp / STATE_FILE).write_text(json.dumps(state, indent=1))
     old = directory.with_name(directory.name + ".old")
@@ -382,6 +402,9 @@ def train(args: TrainArgs, *, model: CometModel | None = None, sample_fn: Callab
         comet = CometConfig(**args.comet) if args.comet else CometConfig()
         dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
         model = CometModel.from_pretrained(args.base or DEFAULT_BASE, config=comet, device=device, dtype=dtype)
+    if args.fifo_dropout and model.config.global_from_fifo:
+        raise ValueError('fifo_dropout must be 0 with global_source="evicted": the FIFO writes that global '
+                         "memory, so a sequence without the FIFO would have no memory at all")
     model.to(device)
     model.train()
     groups = trainable_groups(model, args)
