@@ -19,6 +19,9 @@ differ in how the global memory learns:
 * ``fifo-compression`` / ``fifo-compression-dropout``: as ``fifo-base-gate`` / with 30 % FIFO dropout, with the
   global memory written by the compression tokens (``global_source="compression"``, 2 slots: one per
   compression token) instead of 4 readouts.
+* ``fifo-evicted``: as ``fifo-base-gate``, with the global memory written by the FIFO entries a push evicts
+  (``global_source="evicted"``, 2 slots: one per entry of the evicted chunk); no FIFO dropout (it would leave
+  no memory at all), so distances 1-2 read the FIFO and 3 on the global memory.
 
 Reports held-out accuracy per distance (also 8 and 12, beyond the trained range) and the share of saturated
 gates (g > 0.99 or < 0.01). Minutes on 2 CPU cores.
@@ -55,6 +58,7 @@ ARMS = {
     "fifo-compression": dict(gate=True, gate_lr_mult=1.0, fifo=4, global_source="compression"),
     "fifo-compression-dropout": dict(gate=True, gate_lr_mult=1.0, fifo=4, fifo_dropout=0.3,
                                      global_source="compression"),
+    "fifo-evicted": dict(gate=True, gate_lr_mult=1.0, fifo=4, global_source="evicted"),
 }
 
 
@@ -65,7 +69,7 @@ def tiny(gate: bool, seed: int, memory_source: str = "input", fifo: int = 0,
         vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
         num_key_value_heads=2, max_position_embeddings=256, eos_token_id=1, pad_token_id=1,
         tie_word_embeddings=True, initializer_range=0.1)).float().eval()
-    slots = C // 8 if global_source == "compression" else 4
+    slots = C // 8 if global_source in ("compression", "evicted") else 4
     cfg = CometConfig(chunk_size=C, num_global_slots=slots, compression_stride=8, global_source=global_source, fifo_budget=fifo, temporary_memory=fifo > 0,
                       gate=gate, memory_source=memory_source, adapter_rank=4, memory_lora_rank=8,
                       memory_lora_alpha=16, lora_rank=4)
@@ -155,7 +159,7 @@ def main() -> None:
                    "global_source": model.config.global_source, "slots": model.config.m, "steps": a.steps, "lr": a.lr, "gate_lr_mult": spec["gate_lr_mult"],
                    "fifo_dropout": args.fifo_dropout, "accuracy": evaluate(model, [1, 2, 3, 4, 5, 6, 8, 12]),
                    "saturated_gates": saturated_gates(model), "seconds": round(time.perf_counter() - t0)}
-            if model.config.fifo:  # the global memory alone: the same held-out sequences laid out without the FIFO
+            if model.config.fifo and not model.config.global_from_fifo:  # the global memory alone: the same held-out sequences laid out without the FIFO
                 row["accuracy_without_fifo"] = evaluate(model, [1, 2, 3, 4, 5, 6, 8, 12], without_fifo=True)
             print(json.dumps(row), flush=True)
             rows.append(row)
