@@ -477,6 +477,21 @@ def test_memory_tier_follows_the_fifo_reach() -> None:
         cfg.memory_tier(-1)
 
 
+def assert_streaming_equals_training(engine: MemoryEngine, toks: list[int], **layout_rule: bool) -> None:
+    """Absorbing ``toks`` chunk by chunk leaves the state the layer-major training forward computes over its
+    closed chunks (laid out with ``layout_rule``, the writer's flag for :func:`sequence_layouts`)."""
+    model, cfg = engine.model, engine.config
+    streamed = engine.absorb(engine.new_state(), toks)
+    closed = len(toks) // cfg.chunk_size * cfg.chunk_size
+    layouts = sequence_layouts(split_into_chunks(toks[:closed], cfg.chunk_size), num_global=cfg.m,
+                               fifo_budget=cfg.fifo, stride=cfg.stride, ids=model.special, last_open=False,
+                               **layout_rule)
+    with torch.no_grad():
+        out = model.forward_train([pad_layouts([lay], model.special.pad) for lay in layouts])
+    torch.testing.assert_close(out["global_state"], streamed.global_state, atol=ATOL, rtol=1e-4)
+    torch.testing.assert_close(out["fifo"], streamed.fifo, atol=ATOL, rtol=1e-4)
+
+
 def test_global_memory_from_compression_tokens() -> None:
     """global_source="compression": no readouts are laid out, slot i of the first chunk's state is RMSNorm_g of
     the i-th compression token's layer input, streaming equals the training forward, and the state means
@@ -501,14 +516,7 @@ def test_global_memory_from_compression_tokens() -> None:
         want = model.memory[layer].global_net.norm(inputs["x"][0, list(batch.global_write_index)].float())
     torch.testing.assert_close(first.global_state[layer, 0], want, atol=1e-5, rtol=1e-4)
 
-    streamed = engine.absorb(engine.new_state(), toks)
-    layouts = sequence_layouts(split_into_chunks(toks[: 12 * 4], cfg.chunk_size), num_global=cfg.m,
-                               fifo_budget=cfg.fifo, stride=cfg.stride, ids=model.special, last_open=False,
-                               global_from_compression=True)
-    with torch.no_grad():
-        out = model.forward_train([pad_layouts([lay], model.special.pad) for lay in layouts])
-    torch.testing.assert_close(out["global_state"], streamed.global_state, atol=ATOL, rtol=1e-4)
-    torch.testing.assert_close(out["fifo"], streamed.fifo, atol=ATOL, rtol=1e-4)
+    assert_streaming_equals_training(engine, toks, global_from_compression=True)
     readouts = tiny_model("qwen3").config
     assert cfg.fingerprint() != readouts.fingerprint()
     assert "global_source" not in readouts.state_fields()
@@ -540,14 +548,7 @@ def test_global_memory_from_evicted_fifo_entries() -> None:
         else:
             assert not state.global_state.any()
 
-    streamed = engine.absorb(engine.new_state(), toks)
-    layouts = sequence_layouts(split_into_chunks(toks[: 12 * 5], cfg.chunk_size), num_global=cfg.m,
-                               fifo_budget=cfg.fifo, stride=cfg.stride, ids=model.special, last_open=False,
-                               global_from_fifo=True)
-    with torch.no_grad():
-        out = model.forward_train([pad_layouts([lay], model.special.pad) for lay in layouts])
-    torch.testing.assert_close(out["global_state"], streamed.global_state, atol=ATOL, rtol=1e-4)
-    torch.testing.assert_close(out["fifo"], streamed.fifo, atol=ATOL, rtol=1e-4)
+    assert_streaming_equals_training(engine, toks, global_from_fifo=True)
     assert cfg.fingerprint() != tiny_model("llama", global_source="compression").config.fingerprint()
 
 
