@@ -34,7 +34,7 @@ from typing import Any
 import torch
 
 from .events import ROLES
-from .layout import LayoutBatch, build_chunk_layout, compression_after, fifo_evictions, pad_layouts
+from .layout import LayoutBatch, compression_after, next_chunk_layout, pad_layouts
 from .modeling import CometModel
 from .state import MemoryState
 
@@ -171,19 +171,11 @@ class MemoryEngine:
     def chunk_layout(self, state: MemoryState, b: int, text: Sequence[int], *, closed: bool):
         """Layout of session ``b``'s next chunk given its memory state."""
         cfg = self.config
-        stride, fill = cfg.stride if closed else cfg.open_stride, int(state.fifo_len[b])
-        evicts = (fifo_evictions(fill, sum(compression_after(len(text), stride, closed)), cfg.fifo)
-                  if cfg.global_from_fifo and closed else 0)
-        return build_chunk_layout(
-            text,
-            num_global=cfg.m if bool(state.has_global[b]) else 0,
-            num_temp=fill,
-            stride=stride,
-            num_readouts=cfg.m if closed and not cfg.global_from_fifo else 0,
-            closed=closed,
-            ids=self.model.special,
-            global_from_compression=cfg.global_from_compression,
-            fifo_writes=evicts,
+        return next_chunk_layout(
+            text, has_global=bool(state.has_global[b]), fifo_len=int(state.fifo_len[b]), num_global=cfg.m,
+            fifo_budget=cfg.fifo, stride=cfg.stride if closed else cfg.open_stride, closed=closed,
+            ids=self.model.special, global_from_compression=cfg.global_from_compression,
+            global_from_fifo=cfg.global_from_fifo,
         )
 
     def absorb(

@@ -142,6 +142,40 @@ def build_chunk_layout(
     )
 
 
+def next_chunk_layout(
+    text_ids: Sequence[int],
+    *,
+    has_global: bool,
+    fifo_len: int,
+    num_global: int,
+    fifo_budget: int,
+    stride: int,
+    closed: bool,
+    ids: SpecialIds,
+    global_from_compression: bool = False,
+    global_from_fifo: bool = False,
+) -> ChunkLayout:
+    """The layout of a memory's next chunk, given what the memory holds (``has_global``: a global state exists;
+    ``fifo_len``: the FIFO's fill) and the config's writer of the global memory: readouts (default), the
+    compression tokens (``global_from_compression``) or the FIFO entries this chunk's push evicts
+    (``global_from_fifo``). One rule for streaming (:meth:`comet_agents.engine.MemoryEngine.chunk_layout`) and
+    training (:func:`sequence_layouts`)."""
+    evicts = 0
+    if global_from_fifo and closed:
+        evicts = fifo_evictions(fifo_len, sum(compression_after(len(text_ids), stride, closed)), fifo_budget)
+    return build_chunk_layout(
+        text_ids,
+        num_global=num_global if has_global else 0,
+        num_temp=fifo_len,
+        stride=stride,
+        num_readouts=num_global if closed and not global_from_fifo else 0,
+        closed=closed,
+        ids=ids,
+        global_from_compression=global_from_compression,
+        fifo_writes=evicts,
+    )
+
+
 def fifo_evictions(fifo_len: int, num_new: int, budget: int) -> int:
     """How many of the oldest FIFO entries a push of ``num_new`` entries evicts from a FIFO of ``budget`` rows
     holding ``fifo_len`` (what :func:`comet_agents.modeling.fifo_push` drops)."""
@@ -356,20 +390,10 @@ def sequence_layouts(
     q, has_global = 0, False
     for c, text in enumerate(chunk_texts):
         closed = not (last_open and c == len(chunk_texts) - 1)
-        c_stride = stride if closed or open_stride is None else open_stride
-        evicts = 0
-        if global_from_fifo and closed:
-            evicts = fifo_evictions(q, sum(compression_after(len(text), c_stride, closed)), fifo_budget)
-        lay = build_chunk_layout(
-            text,
-            num_global=num_global if has_global else 0,
-            num_temp=q,
-            stride=c_stride,
-            num_readouts=num_global if closed and not global_from_fifo else 0,
-            closed=closed,
-            ids=ids,
-            global_from_compression=global_from_compression,
-            fifo_writes=evicts,
+        lay = next_chunk_layout(
+            text, has_global=has_global, fifo_len=q, num_global=num_global, fifo_budget=fifo_budget,
+            stride=stride if closed or open_stride is None else open_stride, closed=closed, ids=ids,
+            global_from_compression=global_from_compression, global_from_fifo=global_from_fifo,
         )
         layouts.append(lay)
         q = min(fifo_budget, q + len(lay.compression_index)) if fifo_budget else 0

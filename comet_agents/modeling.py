@@ -8,7 +8,8 @@ Memory crosses chunks only through per-layer state written into slot positions (
         X[temp slots]   <- Q                                 overwrite, q x d (oldest first)
     Y = DecoderLayer_l(X; causal mask of this chunk, RoPE(chunk-local positions))
     Global memory (closed chunks; the writers are the m readouts, or the first m compression tokens with
-    global_source="compression"):
+    global_source="compression", or with "evicted" the FIFO entries the chunk's push evicts, used as they are,
+    no RMSNorm_g and RLA_g = identity):
         S_hat = RMSNorm_g(Y[writers])                         slot i from writer i
         S     = S_hat                                         first chunk (no previous S)
         g     = sigmoid([S_hat ; S_old] @ w_g)                one scalar per slot
@@ -518,7 +519,7 @@ class CometModel(nn.Module):
         new_S = S
         if mem.global_net is not None and S is not None and batch.any_global_write:
             index, valid, partial = batch.global_write_index, batch.global_write_valid, batch.partial_global_write
-            if index.shape[1] < m:  # compression tokens of chunks shorter than m * s: the last slots get none
+            if index.shape[1] < m:  # fewer writers than slots (a chunk shorter than m * s): the last slots get none
                 index = nn.functional.pad(index, (0, m - index.shape[1]))
                 valid, partial = nn.functional.pad(valid, (0, m - valid.shape[1])), True
             rows = Q if self.config.global_from_fifo else src  # FIFO rows before this chunk's push, or chunk rows
