@@ -322,6 +322,9 @@ def test_passkey_tab(open_page, backend, model, tmp_path):
     p.tab("Pass key")
     p.page.locator("#passkey-tokens input[type=number]").fill("256")
     p.page.locator("#passkey-tokens input[type=number]").press("Enter")
+    # The slider takes the typed length only once its range input moved; a click before that (a loaded machine)
+    # runs the default 2,048-token haystack, which the reference below would not rebuild.
+    expect(p.page.locator("#passkey-tokens input[type=range]")).to_have_value("256", timeout=WAIT)
     p.page.locator("#passkey-run").click()
     result = p.status("passkey-result")
     expect(result).to_contain_text("hidden at 50% of", timeout=WAIT)
