@@ -330,26 +330,75 @@ def _without_global(tmp_path):
 
 def test_open_chunk_tails_cover_short_ones_as_at_recall_time() -> None:
     """The stream's tail left in the open chunk ranges from nothing to most of a chunk: recall after absorbing a
-    whole number of chunks leaves only a few tokens there, and a model never trained on that fails to read memory."""
+    whole number of chunks leaves only a few tokens there, and a model never trained on that fails to read memory.
+    Measured on the examples themselves (generated streams overshoot their target by a piece, so the requested
+    targets alone said nothing about the tails trained on)."""
+    from comet_agents.engine import encode_text
     from comet_agents.training.data.common import generate_mixed
+    from comet_agents.training.examples import encode_sample
     from comet_agents.training.trainer import SampleSource
 
     from tiny import tiny_chat_model
 
     model = tiny_chat_model(chunk_size=64)
-    targets: list[int] = []
+    tok = model.tokenizer
+    samples = []
 
     def recording(seed, target, families, count):
-        targets.append(target)
-        return generate_mixed(seed, target, families, count)
+        samples.append(generate_mixed(seed, target, families, count))
+        return samples[-1]
 
     args = TrainArgs(output_dir="unused", families={"passkey": 1.0}, curriculum=[(10**9, 2)],
                      sequences_per_micro_batch=8, smoke=True)
-    source = SampleSource(args, model.tokenizer, 64, generate=recording)
-    for step in range(8):
-        assert {ex.num_chunks for ex in source.micro_batch(step, 0)} == {3}
-    tails = [t - 2 * 64 for t in targets]
-    assert min(tails) < 8 and max(tails) > 40 and all(0 <= t <= 64 - 8 for t in tails)
+    source = SampleSource(args, tok, 64, generate=recording)
+    examples = [ex for step in range(8) for ex in source.micro_batch(step, 0)]
+    assert {ex.num_chunks for ex in examples} == {3}
+    whole = [encode_sample(s, tok, 64) for s in samples]
+    accepted = [w for w in whole if w.num_chunks == 3]
+    tails = []
+    for ex, full, sample in zip(examples, accepted, [s for s, w in zip(samples, whole) if w.num_chunks == 3]):
+        qa_len = len(full.chunk_texts[-1]) - len(encode_text(tok, sample.stream)) % 64
+        tails.append(len(ex.chunk_texts[-1]) - qa_len)
+        assert ex.chunk_texts[:2] == full.chunk_texts[:2] and ex.key_age == full.key_age
+    assert sum(t < 8 for t in tails) >= 3 and max(tails) > 40 and all(0 <= t < 64 for t in tails), sorted(tails)
+
+
+def test_trim_tail_cuts_a_stream_only_where_every_answer_survives() -> None:
+    """A pass-key stream is cut to the requested tail when its key stays whole; a cut through the needle, an
+    answer the stream does not spell out, and a tail outside the chunk leave nothing changed."""
+    import pytest
+
+    from comet_agents.engine import encode_text
+    from comet_agents.training.data import passkey
+    from comet_agents.training.data.common import QA, Sample, generate_mixed
+    from comet_agents.training.examples import encode_sample, trim_tail
+
+    from tiny import tiny_tokenizer
+
+    tok = tiny_tokenizer()
+    count = lambda s: len(tok(s)["input_ids"])  # noqa: E731
+    sample = passkey.generate(3, 300, count, depth=0.3)
+    stream = encode_text(tok, sample.stream)
+    full = encode_sample(sample, tok, 64)
+    assert len(stream) % 64 > 10
+    qa_len = len(full.chunk_texts[-1]) - len(stream) % 64
+    for tail in (0, 3, 10):
+        ex = encode_sample(sample, tok, 64, tail=tail)
+        assert len(ex.chunk_texts[-1]) == tail + qa_len
+        assert ex.chunk_texts[:-1] == full.chunk_texts[:-1] and ex.key_age == full.key_age
+    assert encode_sample(sample, tok, 64, tail=63).chunk_texts == full.chunk_texts  # longer than the stream's tail
+    last = passkey.generate(3, 300, count, depth=1.0)  # the needle ends the stream: a short cut would cut the key
+    last_stream = encode_text(tok, last.stream)
+    assert trim_tail(last, last_stream, tok, 64, 0) == last_stream
+    chat = generate_mixed(0, 300, {"conversation": 1.0}, count)
+    chat_stream = encode_text(tok, chat.stream)
+    cut = tok.decode(trim_tail(chat, chat_stream, tok, 64, 0))
+    assert all(cut.count(q.answer) == chat.stream.count(q.answer) for q in chat.qa)
+    derived = Sample("user_behaviour", "x" * 150, [QA("How many?", "3")], {})  # an answer the stream never spells
+    derived_stream = encode_text(tok, derived.stream)
+    assert trim_tail(derived, derived_stream, tok, 64, 0) == derived_stream
+    with pytest.raises(ValueError, match="tail"):
+        trim_tail(sample, stream, tok, 64, 64)
 
 
 def test_examples_record_how_many_chunks_back_the_key_sits() -> None:

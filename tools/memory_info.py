@@ -62,6 +62,8 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=16)
     ap.add_argument("--batch", type=int, default=4, help="streams scored together")
     ap.add_argument("--seed", type=int, default=11)
+    ap.add_argument("--tail", default=None, metavar="MIN-MAX",
+                    help="stream tokens left in the open chunk, drawn uniformly (default C/8 to 7C/8)")
     ap.add_argument("--without-fifo", action="store_true", help="also score every stream laid out without the FIFO")
     ap.add_argument("--device", default=None)
     ap.add_argument("--out", default=None, help="write the rows as JSON here")
@@ -70,10 +72,13 @@ def main() -> None:
     model.eval()
     tok, C = model.tokenizer, model.config.chunk_size
     count = lambda text: len(encode_text(tok, text))  # noqa: E731
+    lo, hi = (int(v) for v in a.tail.split("-")) if a.tail else (C // 8, C - C // 8)
+    if not 0 <= lo <= hi < C:
+        raise SystemExit(f"--tail must be MIN-MAX with 0 <= MIN <= MAX < {C}, got {a.tail!r}")
     rng = random.Random(a.seed)
     pairs = []  # (true example, decoy example, key, decoy)
     while len(pairs) < a.samples:
-        target = a.closed * C + rng.randint(C // 8, C - C // 8)
+        target = a.closed * C + rng.randint(lo, hi)
         sample = passkey.generate_in_memory(rng.randrange(2**31), target, count)
         true_ex = encode_sample(sample, tok, C)
         if true_ex.num_chunks != a.closed + 1 or true_ex.key_age is None:

@@ -64,9 +64,40 @@ def qa_pieces(tokenizer: Any, qa: Sequence[Any]) -> list[tuple[str, bool]]:
     return pieces
 
 
-def encode_sample(sample: Any, tokenizer: Any, chunk_size: int, *, lm_weight: float = 0.0) -> TrainingExample:
-    """Tokenise a :class:`~comet_agents.training.data.common.Sample` into a chunk plan with labels."""
+def trim_tail(sample: Any, stream: list[int], tokenizer: Any, chunk_size: int, tail: int) -> list[int]:
+    """``stream`` (the sample's stream tokens) cut to ``tail`` tokens past its last full chunk, when the cut
+    keeps every occurrence of every answer; otherwise ``stream`` unchanged.
+
+    Generated streams end on a whole piece (a filler sentence, an event), so their tails rarely come out shorter
+    than a piece (~30 tokens), while at recall time a stream's tail is anything from 0 tokens (right after a
+    chunk closed) to a chunk: unseen in training, a tail under ~20 tokens cost 4 in 15 answers at step 2,831
+    (docs/training.md). A sample whose answers are all spelled out in its stream (pass keys, recall spans, most
+    conversation facts) is cut anywhere after the last occurrence of each, so no mention of an answer is lost;
+    one with a derived answer (a count, a summary) keeps its generated ending.
+    """
+    keep = (len(stream) // chunk_size) * chunk_size + tail
+    if not 0 <= tail < chunk_size:
+        raise ValueError(f"tail must be in [0, {chunk_size}), got {tail}")
+    if keep >= len(stream):
+        return stream
+    answers = [item.answer for item in sample.qa]
+    if not answers or any(not a or a not in sample.stream for a in answers):
+        return stream
+    kept = tokenizer.decode(stream[:keep])
+    if all(kept.count(a) == sample.stream.count(a) for a in answers):
+        return stream[:keep]
+    return stream
+
+
+def encode_sample(sample: Any, tokenizer: Any, chunk_size: int, *, lm_weight: float = 0.0,
+                  tail: int | None = None) -> TrainingExample:
+    """Tokenise a :class:`~comet_agents.training.data.common.Sample` into a chunk plan with labels.
+
+    ``tail``: cut the stream to this many tokens past its last full chunk where :func:`trim_tail` allows it.
+    """
     stream = encode_text(tokenizer, sample.stream)
+    if tail is not None:
+        stream = trim_tail(sample, stream, tokenizer, chunk_size, tail)
     qa_ids: list[int] = []
     qa_sup: list[bool] = []
     for text, sup in qa_pieces(tokenizer, sample.qa):

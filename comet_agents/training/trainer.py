@@ -154,11 +154,12 @@ class SampleSource:
             attempts += 1
             if attempts > 40 * size:
                 raise RuntimeError(f"could not generate sequences of {n} chunks (chunk size {C})")
-            # The stream's tail left in the open chunk: any length, as at recall time (a tail of a few tokens, as
-            # after absorbing exactly n chunks, was missing before step 2,306 and reading memory failed there).
-            target = n * C + rng.randint(0, C - C // 8)
-            sample = self.generate(rng.randrange(2**31), target, args.families, self.count)
-            ex = encode_sample(sample, self.tokenizer, C, lm_weight=args.lm_weight)
+            # The stream's tail left in the open chunk: any length, as at recall time. Generated streams end on a
+            # whole piece and so overshoot the target by up to ~30 tokens; tails shorter than that (right after a
+            # chunk closed) come from cutting the stream (examples.trim_tail, from step 2,831 on).
+            tail = rng.randint(0, C - C // 8)
+            sample = self.generate(rng.randrange(2**31), n * C + tail, args.families, self.count)
+            ex = encode_sample(sample, self.tokenizer, C, lm_weight=args.lm_weight, tail=tail)
             if ex.num_chunks == n + 1:
                 out.append(ex)
         return out
