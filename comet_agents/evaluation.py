@@ -31,6 +31,7 @@ from .engine import MemoryEngine, chat_question, token_index_at
 from .layout import key_age
 
 QUESTION = "What is the pass key?"
+SHORT_TAIL = 64  # tokens of stream left in the open chunk under which grid_markdown counts a tail as short
 
 
 def passkey_case(engine: MemoryEngine, tokens: int, depth: float, key: str, *, filler: str = "classic",
@@ -75,10 +76,11 @@ def passkey_grid(
         states = [engine.new_state() for _ in cases]
         engine.absorb_many(states, [c[3] for c in cases])
         for (depth, trial, key, toks, key_at), state in zip(cases, states):
+            tail = len(state.pending[0])
             answer = engine.recall(state, question, max_new_tokens=16)
             age = key_age(key_at, len(toks), engine.config.chunk_size)
             row = {"length": length, "tokens": len(toks), "depth": depth, "trial": trial, "key": key,
-                   "key_age": age, "memory": engine.config.memory_tier(age), "answer": answer,
+                   "key_age": age, "memory": engine.config.memory_tier(age), "tail": tail, "answer": answer,
                    "correct": key in answer}
             rows.append(row)
             if log:
@@ -107,6 +109,14 @@ def grid_markdown(rows: Sequence[dict[str, Any]]) -> str:
         lines.append("")
         lines.append("Found, by where the key sits when asked: " + ", ".join(
             f"{names[t]} {sum(h)}/{len(h)}" for t, h in tiers if h) + ".")
+    # How much of the stream is left in the open chunk with the question: right after a chunk closes, only a
+    # few tokens, a case that reads memory differently (docs/training.md, steps 2,668-2,831).
+    closed = [r for r in rows if r.get("memory") in ("fifo", "global") and "tail" in r]
+    if closed:
+        short = [r["correct"] for r in closed if r["tail"] < SHORT_TAIL]
+        long_ = [r["correct"] for r in closed if r["tail"] >= SHORT_TAIL]
+        lines.append(f"Keys in closed chunks, by the stream's tail in the open chunk: under {SHORT_TAIL} tokens "
+                     f"{sum(short)}/{len(short)}, {SHORT_TAIL} or more {sum(long_)}/{len(long_)}.")
     return "\n".join(lines)
 
 

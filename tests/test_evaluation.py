@@ -292,3 +292,19 @@ def test_passkey_grid_says_which_memory_holds_each_key() -> None:
     assert "Found, by where the key sits when asked: " in grid_markdown(rows)
     assert "global memory only" in grid_markdown(rows)
     assert "Found, by" not in grid_markdown([{k: v for k, v in r.items() if k != "memory"} for r in rows])
+    assert all(r["tail"] == r["tokens"] % 32 for r in rows)  # the stream left in the open chunk when asked
+
+
+def test_grid_markdown_splits_closed_chunk_keys_by_the_open_chunks_tail() -> None:
+    """A stream that ends right after a chunk closed leaves a tail of a few tokens; the table counts those
+    apart, and keys in the open chunk count in neither group."""
+    from comet_agents.evaluation import SHORT_TAIL, grid_markdown
+
+    def row(memory: str, tail: int, correct: bool) -> dict:
+        return {"length": 4096, "depth": 0.5, "memory": memory, "tail": tail, "correct": correct}
+
+    rows = [row("fifo", 3, False), row("global", SHORT_TAIL - 1, True), row("fifo", SHORT_TAIL, True),
+            row("open", 0, True)]
+    assert (f"by the stream's tail in the open chunk: under {SHORT_TAIL} tokens 1/2, {SHORT_TAIL} or more 1/1."
+            in grid_markdown(rows))
+    assert "by the stream's tail" not in grid_markdown([{k: v for k, v in r.items() if k != "tail"} for r in rows])
