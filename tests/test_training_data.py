@@ -521,3 +521,22 @@ def test_passkey_multi_asks_each_labelled_key_once(seed: int) -> None:
         assert s.stream.count(key) == s.stream[off:needle_end].count(key) >= 1
         assert lab in s.stream[off:needle_end]
 
+
+def test_long_passkey_multi_streams_hold_more_keys_and_keys_near_their_end() -> None:
+    """A 16k-token stream holds 4-8 labelled keys (2-4 in a 2k one), and its keys in memory reach past 60 % of
+    the stream but stay out of its last 1,500 tokens, which training's open chunk may hold."""
+    from comet_agents.training.data.passkey import MULTI_TAIL_MARGIN, multi_key_range, multi_max_depth
+
+    assert multi_key_range(2000) == (2, 4) and multi_key_range(8000) == (2, 4) and multi_key_range(16000) == (4, 8)
+    assert multi_max_depth(2000) == 0.6 and 0.9 < multi_max_depth(16000) < 0.91
+    deepest = []
+    for seed in range(6):
+        s = FAMILIES["passkey_multi"](seed, 16000)
+        assert 4 <= len(s.meta["keys"]) <= 8 and len(s.qa) == len(s.meta["keys"])
+        offsets = s.meta["needle_char_offsets"]
+        in_memory = offsets[:-1] if s.meta["local_key"] else offsets
+        chars_per_token = len(s.stream) / s.meta["tokens"]
+        assert in_memory[-1] < len(s.stream) - 0.8 * MULTI_TAIL_MARGIN * chars_per_token
+        deepest.append(in_memory[-1] / len(s.stream))
+    assert max(deepest) > 0.65, deepest
+

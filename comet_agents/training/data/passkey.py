@@ -39,6 +39,8 @@ __all__ = [
     "generate",
     "generate_in_memory",
     "generate_multi",
+    "multi_key_range",
+    "multi_max_depth",
 ]
 
 FAMILY = "passkey"
@@ -412,10 +414,28 @@ MULTI_QUESTIONS = (
 )
 
 
-def generate_multi(seed: int, target_tokens: int, count_tokens: TokenCounter = approx_tokens) -> Sample:
-    """Two to four labelled pass keys (family ``passkey_multi``), each asked for in turn.
+MULTI_TAIL_MARGIN = 1500  # tokens at the end of a long ``passkey_multi`` stream kept free of keys in memory
 
-    Keys sit in the first 60 % of the stream (so, with training's chunk plans, in closed chunks) at distinct
+
+def multi_key_range(target_tokens: int) -> tuple[int, int]:
+    """(fewest, most) keys of a ``passkey_multi`` stream of ``target_tokens``: 2-4 up to 8k tokens, up to 8 (at
+    least half as many) in longer ones, about one per 2,000 tokens, so that a long stream's answers do not
+    shrink to a few tokens per 10k absorbed."""
+    most = min(8, max(4, target_tokens // 2000))
+    return max(2, most // 2), most
+
+
+def multi_max_depth(target_tokens: int) -> float:
+    """How deep a ``passkey_multi`` key in memory may sit: the first 60 % of a short stream, all but its last
+    1,500 tokens in a long one. Either way the key ends in a closed chunk of training's plans (1,024-token
+    chunks, tails under 900 tokens), and in long streams the last closed chunks hold keys too."""
+    return max(0.6, 1.0 - MULTI_TAIL_MARGIN / target_tokens)
+
+
+def generate_multi(seed: int, target_tokens: int, count_tokens: TokenCounter = approx_tokens) -> Sample:
+    """Labelled pass keys (family ``passkey_multi``; how many: :func:`multi_key_range`), each asked for in turn.
+
+    Keys sit before :func:`multi_max_depth` (so, with training's chunk plans, in closed chunks) at distinct
     depths, each tied to a label ("the pass key for the server room is 48213"). In half of the samples the last
     key is instead the very end of the stream (depth 1), so it lies in the open chunk: the model has to take
     some answers from memory and others from its local context, chosen by the label. A mix whose keys all sit in
@@ -427,14 +447,15 @@ def generate_multi(seed: int, target_tokens: int, count_tokens: TokenCounter = a
     """
     check_target(target_tokens)
     rng = make_rng(seed, FAMILY + "-multi")
-    n = rng.randint(2, 4)
+    n = rng.randint(*multi_key_range(target_tokens))
     labels = rng.sample(MULTI_LABELS, n)
     keys: list[str] = []
     while len(keys) < n:
         key = make_key(rng)
         if all(key not in k and k not in key for k in keys):
             keys.append(key)
-    depths = sorted(round(rng.random() * 0.6, 3) for _ in range(n))
+    top = multi_max_depth(target_tokens)
+    depths = sorted(round(rng.random() * top, 3) for _ in range(n))
     local = rng.random() < 0.5
     if local:
         depths[-1] = 1.0
