@@ -32,7 +32,7 @@ import torch
 from comet_agents import CometModel
 from comet_agents.engine import encode_text
 from comet_agents.training.data import passkey
-from comet_agents.training.examples import collate, encode_sample
+from comet_agents.training.examples import collate, encode_sample, trim_tail
 
 
 def decoy_key(key: str, rng: random.Random) -> str:
@@ -63,7 +63,8 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=4, help="streams scored together")
     ap.add_argument("--seed", type=int, default=11)
     ap.add_argument("--tail", default=None, metavar="MIN-MAX",
-                    help="stream tokens left in the open chunk, drawn uniformly (default C/8 to 7C/8)")
+                    help="stream tokens left in the open chunk, drawn uniformly, the stream cut to them (default: C/8 to "
+                         "7C/8, uncut)")
     ap.add_argument("--without-fifo", action="store_true", help="also score every stream laid out without the FIFO")
     ap.add_argument("--device", default=None)
     ap.add_argument("--out", default=None, help="write the rows as JSON here")
@@ -76,16 +77,19 @@ def main() -> None:
     if not 0 <= lo <= hi < C:
         raise SystemExit(f"--tail must be MIN-MAX with 0 <= MIN <= MAX < {C}, got {a.tail!r}")
     rng = random.Random(a.seed)
-    pairs = []  # (true example, decoy example, key, decoy)
+    pairs = []  # (true example, decoy example, key, decoy, stream tokens in the open chunk)
     while len(pairs) < a.samples:
-        target = a.closed * C + rng.randint(lo, hi)
-        sample = passkey.generate_in_memory(rng.randrange(2**31), target, count)
+        tail = rng.randint(lo, hi)
+        sample = passkey.generate_in_memory(rng.randrange(2**31), a.closed * C + tail, count)
+        if a.tail:  # cut to the drawn tail (a generated stream overshoots by a sentence), true and decoy alike
+            sample = dataclasses.replace(
+                sample, stream=tok.decode(trim_tail(sample, encode_text(tok, sample.stream), tok, C, tail)))
         true_ex = encode_sample(sample, tok, C)
         if true_ex.num_chunks != a.closed + 1 or true_ex.key_age is None:
             continue
         key = sample.meta["key"]
         decoy, fake = with_decoy(sample, rng)
-        pairs.append((true_ex, encode_sample(decoy, tok, C), key, fake))
+        pairs.append((true_ex, encode_sample(decoy, tok, C), key, fake, len(encode_text(tok, sample.stream)) % C))
     layouts = [False, True] if a.without_fifo else [False]
     rows = []
     t0 = time.perf_counter()
@@ -96,10 +100,10 @@ def main() -> None:
             batches, weights = collate(exs, model)
             with torch.no_grad():
                 losses = model.forward_train(batches, loss_weights=weights)["sample_loss"].tolist()
-            for j, (true_ex, _, key, fake) in enumerate(group):
+            for j, (true_ex, _, key, fake, tail) in enumerate(group):
                 tier = model.config.memory_tier(true_ex.key_age)
                 tier = "nofifo" if without and tier != "open" else tier
-                rows.append({"key": key, "decoy": fake, "key_age": true_ex.key_age, "tier": tier,
+                rows.append({"key": key, "decoy": fake, "key_age": true_ex.key_age, "tier": tier, "tail": tail,
                              "without_fifo": without, "true_loss": losses[2 * j], "decoy_loss": losses[2 * j + 1]})
     print(f"{len(rows)} scorings in {time.perf_counter() - t0:.0f} s; {a.closed} closed chunks, model {a.model}")
     print("| tier | streams | true-key loss | decoy loss | key information (decoy - true) | true below decoy |")
