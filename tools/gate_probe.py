@@ -159,7 +159,9 @@ def main() -> None:
                    "global_source": model.config.global_source, "slots": model.config.m, "steps": a.steps, "lr": a.lr, "gate_lr_mult": spec["gate_lr_mult"],
                    "fifo_dropout": args.fifo_dropout, "accuracy": evaluate(model, [1, 2, 3, 4, 5, 6, 8, 12]),
                    "saturated_gates": saturated_gates(model), "seconds": round(time.perf_counter() - t0)}
-            if model.config.fifo and not model.config.global_from_fifo:  # the global memory alone: the same held-out sequences laid out without the FIFO
+            # The global memory alone: the same held-out sequences laid out without the FIFO (not for the evicted
+            # writer, whose global memory the FIFO feeds).
+            if model.config.fifo and not model.config.global_from_fifo:
                 row["accuracy_without_fifo"] = evaluate(model, [1, 2, 3, 4, 5, 6, 8, 12], without_fifo=True)
             print(json.dumps(row), flush=True)
             rows.append(row)

@@ -73,9 +73,10 @@ def main() -> None:
     model.eval()
     tok, C = model.tokenizer, model.config.chunk_size
     count = lambda text: len(encode_text(tok, text))  # noqa: E731
-    lo, hi = (int(v) for v in a.tail.split("-")) if a.tail else (C // 8, C - C // 8)
-    if not 0 <= lo <= hi < C:
+    bounds = a.tail.split("-") if a.tail else [str(C // 8), str(C - C // 8)]
+    if len(bounds) != 2 or not all(b.isdigit() for b in bounds) or not 0 <= int(bounds[0]) <= int(bounds[1]) < C:
         raise SystemExit(f"--tail must be MIN-MAX with 0 <= MIN <= MAX < {C}, got {a.tail!r}")
+    lo, hi = int(bounds[0]), int(bounds[1])
     rng = random.Random(a.seed)
     pairs = []  # (true example, decoy example, key, decoy, stream tokens in the open chunk)
     while len(pairs) < a.samples:
