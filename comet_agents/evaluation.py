@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import random
 import re
 import string
@@ -32,6 +33,7 @@ from .layout import key_age
 
 QUESTION = "What is the pass key?"
 SHORT_TAIL = 64  # tokens of stream left in the open chunk under which grid_markdown counts a tail as short
+CHUNK_END = 64  # a key starting in the last this many tokens of its chunk counts as at the chunk's end
 
 
 def passkey_case(engine: MemoryEngine, tokens: int, depth: float, key: str, *, filler: str = "classic",
@@ -52,6 +54,26 @@ def passkey_haystack(engine: MemoryEngine, tokens: int, depth: float, key: str, 
     return ids, token_index_at(engine.tokenizer, text, text.index(key), len(ids))
 
 
+def grid_cases(
+    engine: MemoryEngine,
+    lengths: Sequence[int],
+    depths: Sequence[float],
+    *,
+    trials: int = 1,
+    seed: int = 0,
+    filler: str = "classic",
+) -> Iterator[tuple[int, float, int, str, list[int], int]]:
+    """The grid's haystacks, deterministic in ``seed``: (length, depth, trial, key, token ids, index of the key's
+    first token) for every cell, in :func:`passkey_grid`'s order. Tokenisation only, no model forward."""
+    rng = random.Random(seed)
+    for length in lengths:
+        for depth in depths:
+            for trial in range(trials):
+                key = str(rng.randrange(10**4, 10**7))
+                toks, key_at = passkey_haystack(engine, length, depth, key, filler=filler, seed=rng.randrange(2**31))
+                yield length, depth, trial, key, toks, key_at
+
+
 def passkey_grid(
     engine: MemoryEngine,
     lengths: Sequence[int],
@@ -63,25 +85,23 @@ def passkey_grid(
     question: str = QUESTION,
     log: Callable[[str], None] | None = None,
 ) -> list[dict[str, Any]]:
-    """Run the grid; one row per (length, depth, trial) with the key, the answer and correctness."""
-    rng = random.Random(seed)
+    """Run the grid; one row per (length, depth, trial) with the key, the answer and correctness, where the key
+    sat (``key_age`` closed chunks back, ``memory`` tier, ``key_offset`` tokens into its chunk) and the stream's
+    ``tail`` left in the open chunk."""
+    C = engine.config.chunk_size
     rows: list[dict[str, Any]] = []
-    for length in lengths:
-        cases = []
-        for depth in depths:
-            for trial in range(trials):
-                key = str(rng.randrange(10**4, 10**7))
-                toks, key_at = passkey_haystack(engine, length, depth, key, filler=filler, seed=rng.randrange(2**31))
-                cases.append((depth, trial, key, toks, key_at))
-        states = [engine.new_state() for _ in cases]
-        engine.absorb_many(states, [c[3] for c in cases])
-        for (depth, trial, key, toks, key_at), state in zip(cases, states):
+    cases = grid_cases(engine, lengths, depths, trials=trials, seed=seed, filler=filler)
+    for length, group in itertools.groupby(cases, key=lambda c: c[0]):  # one length's haystacks in memory at once
+        batch = list(group)
+        states = [engine.new_state() for _ in batch]
+        engine.absorb_many(states, [c[4] for c in batch])
+        for (_, depth, trial, key, toks, key_at), state in zip(batch, states):
             tail = len(state.pending[0])
             answer = engine.recall(state, question, max_new_tokens=16)
-            age = key_age(key_at, len(toks), engine.config.chunk_size)
+            age = key_age(key_at, len(toks), C)
             row = {"length": length, "tokens": len(toks), "depth": depth, "trial": trial, "key": key,
-                   "key_age": age, "memory": engine.config.memory_tier(age), "tail": tail, "answer": answer,
-                   "correct": key in answer}
+                   "key_age": age, "memory": engine.config.memory_tier(age), "key_offset": key_at % C, "chunk_size": C,
+                   "tail": tail, "answer": answer, "correct": key in answer}
             rows.append(row)
             if log:
                 log(f"len={length} depth={depth:.2f} key={key} memory={row['memory']} answer={answer!r} "
@@ -117,6 +137,14 @@ def grid_markdown(rows: Sequence[dict[str, Any]]) -> str:
         long_ = [r["correct"] for r in closed if r["tail"] >= SHORT_TAIL]
         lines.append(f"Keys in closed chunks, by the stream's tail in the open chunk: under {SHORT_TAIL} tokens "
                      f"{sum(short)}/{len(short)}, {SHORT_TAIL} or more {sum(long_)}/{len(long_)}.")
+    # Where the key starts inside its chunk: the last few tokens of a chunk are seen by few of its compression
+    # tokens (docs/training.md, steps 2,831-2,945).
+    placed = [r for r in rows if r.get("memory") in ("fifo", "global") and "key_offset" in r and "chunk_size" in r]
+    if placed:
+        end = [r["correct"] for r in placed if r["key_offset"] >= r["chunk_size"] - CHUNK_END]
+        rest = [r["correct"] for r in placed if r["key_offset"] < r["chunk_size"] - CHUNK_END]
+        lines.append(f"Keys in closed chunks, by where the key starts in its chunk: in the last {CHUNK_END} tokens "
+                     f"{sum(end)}/{len(end)}, earlier {sum(rest)}/{len(rest)}.")
     return "\n".join(lines)
 
 

@@ -279,7 +279,7 @@ def test_passkey_grid_says_which_memory_holds_each_key() -> None:
     """Each row records how many closed chunks back its key sat and so which memory had to answer; the table
     sums the rows per memory tier (keys beyond the FIFO are what the global memory is for)."""
     from comet_agents.engine import MemoryEngine
-    from comet_agents.evaluation import grid_markdown, passkey_grid
+    from comet_agents.evaluation import grid_cases, grid_markdown, passkey_grid
 
     from tiny import tiny_chat_model
 
@@ -293,6 +293,12 @@ def test_passkey_grid_says_which_memory_holds_each_key() -> None:
     assert "global memory only" in grid_markdown(rows)
     assert "Found, by" not in grid_markdown([{k: v for k, v in r.items() if k != "memory"} for r in rows])
     assert all(r["tail"] == r["tokens"] % 32 for r in rows)  # the stream left in the open chunk when asked
+    assert all(r["chunk_size"] == 32 for r in rows)
+    cases = list(grid_cases(engine, [400], [0.0, 1.0], trials=1))
+    assert [c[3] for c in cases] == [r["key"] for r in rows]  # the same keys, without running the model
+    assert [c[5] % 32 for c in cases] == [r["key_offset"] for r in rows]
+    assert cases[0][5] < 32  # depth 0: the needle opens the stream, so its key sits in the first chunk
+    assert [len(c[4]) for c in cases] == [r["tokens"] for r in rows]
 
 
 def test_grid_markdown_splits_closed_chunk_keys_by_the_open_chunks_tail() -> None:
@@ -308,3 +314,20 @@ def test_grid_markdown_splits_closed_chunk_keys_by_the_open_chunks_tail() -> Non
     assert (f"by the stream's tail in the open chunk: under {SHORT_TAIL} tokens 1/2, {SHORT_TAIL} or more 1/1."
             in grid_markdown(rows))
     assert "by the stream's tail" not in grid_markdown([{k: v for k, v in r.items() if k != "tail"} for r in rows])
+
+
+def test_grid_markdown_splits_closed_chunk_keys_by_where_they_start_in_their_chunk() -> None:
+    """Keys starting in the last CHUNK_END tokens of their chunk count apart from earlier ones (few of the chunk's
+    compression tokens follow them); open-chunk keys and rows without an offset count in neither group."""
+    from comet_agents.evaluation import CHUNK_END, grid_markdown
+
+    def row(memory: str, offset: int, correct: bool) -> dict:
+        return {"length": 4096, "depth": 0.5, "memory": memory, "key_offset": offset, "chunk_size": 1024,
+                "correct": correct}
+
+    rows = [row("fifo", 1024 - CHUNK_END, False), row("global", 1023, False), row("fifo", 1024 - CHUNK_END - 1, True),
+            row("global", 0, True), row("fifo", 500, False), row("open", 1000, True)]
+    assert (f"by where the key starts in its chunk: in the last {CHUNK_END} tokens 0/2, earlier 2/3."
+            in grid_markdown(rows))
+    assert "where the key starts" not in grid_markdown([{k: v for k, v in r.items() if k != "key_offset"}
+                                                        for r in rows])

@@ -1,0 +1,100 @@
+"""Pass-key recall with the stream's tail and the key's place inside its chunk set independently.
+
+In the pass-key grid the two go together: lengths of a whole number of chunks (4k, 8k, 16k, 32k) leave a tail of
+a few tokens *and* put the keys at depths 25-100 % into the last ~30 tokens of a chunk, while lengths like 8,700
+leave ~500 tokens and put the keys early in their chunks. This probe crosses them: every case has ``--closed``
+closed chunks, the key's first token ``offset`` tokens into closed chunk ``--key-chunk``, and the stream cut to
+exactly ``tail`` tokens past its last full chunk.
+
+    python tools/key_offset_probe.py --model training/smollm2-default/checkpoint --closed 4 --key-chunk 1 \\
+        --offsets 300,1000 --tails 10,500 --trials 3 --out docs/data/key-offset-....json
+
+Deterministic (seeded keys and filler); on 2 CPU cores about 15 s per case at 4 closed chunks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import time
+
+from comet_agents import CometModel
+from comet_agents.engine import MemoryEngine
+from comet_agents.evaluation import QUESTION, passkey_haystack
+from comet_agents.layout import key_age
+
+
+def case_ids(engine: MemoryEngine, closed: int, key_chunk: int, offset: int, tail: int, key: str,
+             seed: int) -> tuple[list[int], int]:
+    """Token ids of ``closed`` chunks plus ``tail`` tokens with the key's first token within 32 tokens of
+    ``offset`` into chunk ``key_chunk``, and the key's token index."""
+    C = engine.config.chunk_size
+    total = closed * C + tail
+    want = key_chunk * C + offset
+    lo, hi = 0.0, 1.0
+    best: tuple[int, list[int], int] | None = None
+    for _ in range(20):  # the needle goes between filler sentences, so offsets move in steps of a sentence
+        depth = (lo + hi) / 2
+        got, at = passkey_haystack(engine, total + 64, depth, key, seed=seed)
+        if best is None or abs(at - want) < best[0]:
+            best = (abs(at - want), got, at)
+        lo, hi = (depth, hi) if at < want else (lo, depth)
+    miss, ids, at = best
+    if miss > 32:
+        raise RuntimeError(f"could not place the key within 32 tokens of {offset} into chunk {key_chunk}")
+    if len(ids) < total:
+        raise RuntimeError(f"haystack of {len(ids)} tokens is shorter than {total}")
+    return ids[:total], at
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="training/smollm2-default/checkpoint")
+    ap.add_argument("--closed", type=int, default=4, help="closed chunks before the question")
+    ap.add_argument("--key-chunk", type=int, default=1, help="index of the closed chunk holding the key")
+    ap.add_argument("--offsets", default="300,1000", help="key offsets inside its chunk (tokens)")
+    ap.add_argument("--tails", default="10,500", help="stream tokens left in the open chunk")
+    ap.add_argument("--trials", type=int, default=3)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--out", help="write the rows as JSON here")
+    a = ap.parse_args()
+    engine = MemoryEngine(CometModel.from_pretrained(a.model, device=a.device).eval())
+    C = engine.config.chunk_size
+    if not 0 <= a.key_chunk < a.closed:
+        ap.error(f"--key-chunk must be in [0, {a.closed})")
+    offsets = [int(x) for x in a.offsets.split(",")]
+    tails = [int(x) for x in a.tails.split(",")]
+    if any(not 0 <= o < C for o in offsets) or any(not 0 <= t < C for t in tails):
+        ap.error(f"offsets and tails must be in [0, {C})")
+    rng = random.Random(0)
+    rows = []
+    t0 = time.time()
+    for tail in tails:
+        for offset in offsets:
+            for trial in range(a.trials):
+                key = str(rng.randrange(10**4, 10**7))
+                ids, at = case_ids(engine, a.closed, a.key_chunk, offset, tail, key, rng.randrange(2**31))
+                state = engine.new_state()
+                engine.absorb(state, ids)
+                answer = engine.recall(state, QUESTION, max_new_tokens=16)
+                age = key_age(at, len(ids), C)
+                row = {"tokens": len(ids), "tail": len(state.pending[0]), "target_offset": offset, "key_offset": at % C, "key_age": age,
+                       "memory": engine.config.memory_tier(age), "trial": trial, "key": key, "answer": answer,
+                       "correct": key in answer}
+                rows.append(row)
+                print(" ".join(f"{k}={v!r}" for k, v in row.items()), flush=True)
+    print(f"{len(rows)} cases in {time.time() - t0:.0f} s on {a.device}; model {a.model}")
+    print("| tail | key offset in its chunk (target, within 32) | found |")
+    print("|---|---|---|")
+    for tail in tails:
+        for offset in offsets:
+            rs = [r for r in rows if r["tail"] == tail and r["target_offset"] == offset]
+            print(f"| {tail} | {offset} | {sum(r['correct'] for r in rs)}/{len(rs)} |")
+    if a.out:
+        with open(a.out, "w") as f:
+            json.dump(rows, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
