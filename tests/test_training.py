@@ -349,7 +349,7 @@ def test_open_chunk_tails_cover_short_ones_as_at_recall_time() -> None:
         return samples[-1]
 
     args = TrainArgs(output_dir="unused", families={"passkey": 1.0}, curriculum=[(10**9, 2)],
-                     sequences_per_micro_batch=8, smoke=True)
+                     sequences_per_micro_batch=8, smoke=True, chunk_end_share=0.0)  # tails only, no front cuts
     source = SampleSource(args, tok, 64, generate=recording)
     examples = [ex for step in range(8) for ex in source.micro_batch(step, 0)]
     assert {ex.num_chunks for ex in examples} == {3}
@@ -399,6 +399,89 @@ def test_trim_tail_cuts_a_stream_only_where_every_answer_survives() -> None:
     assert trim_tail(derived, derived_stream, tok, 64, 0) == derived_stream
     with pytest.raises(ValueError, match="tail"):
         trim_tail(sample, stream, tok, 64, 64)
+
+
+def test_chunk_end_cut_puts_the_first_answer_at_the_end_of_a_closed_chunk() -> None:
+    """The cut takes tokens off the stream's front so that the key starts ``from_end`` tokens before a closed
+    chunk's end, keeping exactly ``closed`` chunks plus ``tail`` tokens and every mention of the key (a chunk
+    earlier when the needle's second mention would fall off the end); it refuses a key too early to move
+    there, a stream too short, and answers the stream never spells out. encode_sample lays such a cut out and
+    counts the key's age in the cut stream."""
+    from comet_agents.engine import encode_text
+    from comet_agents.training.data import passkey
+    from comet_agents.training.data.common import QA, Sample
+    from comet_agents.training.examples import chunk_end_cut, cut_stream, encode_sample
+
+    from tiny import tiny_tokenizer
+
+    tok = tiny_tokenizer()  # one token per character
+    count = lambda s: len(tok(s)["input_ids"])  # noqa: E731
+    sample = passkey.generate(5, 400, count, depth=0.6)
+    full = encode_text(tok, sample.stream)
+    key = sample.meta["key"]
+    ats = set()
+    for from_end, tail in ((1, 10), (3, 60), (40, 10)):
+        cut, start = chunk_end_cut(sample, full, tok, 64, 2, tail, from_end)
+        assert len(cut) == 2 * 64 + tail and cut == full[start : start + len(cut)]
+        text = tok.decode(cut)
+        at = text.index(key)
+        assert at < 128 and at % 64 == 64 - from_end, (at, from_end)
+        assert text.count(key) == sample.stream.count(key) == 2
+        ats.add(at // 64)
+        ex = encode_sample(sample, tok, 64, tail=tail, chunk_end=(2, from_end))
+        assert ex.num_chunks == 3 and ex.chunk_texts[:2] == [cut[:64], cut[64:128]]
+        assert ex.key_age == 2 - at // 64
+    assert ats == {0, 1}  # the last closed chunk when the second mention fits, else the one before
+    early = passkey.generate(5, 400, count, depth=0.0)  # the key within the first 60 tokens: nothing to cut
+    assert chunk_end_cut(early, encode_text(tok, early.stream), tok, 64, 2, 10, 3) is None
+    assert encode_sample(early, tok, 64, tail=10, chunk_end=(2, 3)).chunk_texts == \
+        encode_sample(early, tok, 64, tail=10).chunk_texts  # falls back to the tail cut alone
+    assert len(full) < 9 * 64 and chunk_end_cut(sample, full, tok, 64, 9, 10, 3) is None  # longer than the stream
+    derived = Sample("user_behaviour", "x" * 300, [QA("How many?", "3")], {})
+    assert chunk_end_cut(derived, encode_text(tok, derived.stream), tok, 64, 2, 0, 3) is None
+    assert cut_stream(derived, encode_text(tok, derived.stream), tok, 10, 200) is None
+    with pytest.raises(ValueError, match="from_end"):
+        chunk_end_cut(sample, full, tok, 64, 2, 10, 0)
+    with pytest.raises(ValueError, match="chunk_end needs a tail"):
+        encode_sample(sample, tok, 64, chunk_end=(2, 3))
+
+
+def test_chunk_end_share_moves_keys_to_chunk_ends() -> None:
+    """With ``chunk_end_share`` 1 most pass-key sequences have their key start in the last sixteenth of a
+    closed chunk (4 tokens of 64) and keep their chunk count; with share 0 few do."""
+    from comet_agents.training.trainer import SampleSource
+
+    from tiny import tiny_tokenizer
+
+    tok = tiny_tokenizer()
+
+    def offsets(share: float) -> list[int]:
+        args = TrainArgs(output_dir="unused", families={"passkey_memory": 1.0}, curriculum=[(10**9, 3)],
+                         sequences_per_micro_batch=8, smoke=True, chunk_end_share=share)
+        source = SampleSource(args, tok, 64)
+        out = []
+        for step in range(3):
+            for ex in source.micro_batch(step, 0):
+                assert ex.num_chunks == 4
+                out.append(_first_answer_offset(tok, ex))
+        return out
+
+    moved, kept = offsets(1.0), offsets(0.0)
+    assert sum(o >= 60 for o in moved) >= 0.75 * len(moved), sorted(moved)
+    assert sum(o >= 60 for o in kept) <= 0.25 * len(kept), sorted(kept)
+    with pytest.raises(ValueError, match="chunk_end_share"):
+        TrainArgs(output_dir="unused", chunk_end_share=-0.1)
+
+
+def _first_answer_offset(tok, ex) -> int:
+    """Offset inside its chunk of the first occurrence of the example's first answer (the supervised tokens up
+    to the end-of-turn token), for a one-token-per-character tokenizer."""
+    ids = sum(ex.chunk_texts, [])
+    labels = sum(ex.chunk_labels, [])
+    supervised = [ids[t + 1] for t, lab in enumerate(labels[:-1]) if lab != -100]
+    answer = supervised[: supervised.index(tok.eos_token_id)] if tok.eos_token_id in supervised else supervised
+    at = next(i for i in range(len(ids)) if ids[i : i + len(answer)] == answer)
+    return at % 64
 
 
 def test_examples_record_how_many_chunks_back_the_key_sits() -> None:

@@ -64,39 +64,88 @@ def qa_pieces(tokenizer: Any, qa: Sequence[Any]) -> list[tuple[str, bool]]:
     return pieces
 
 
+def cut_stream(sample: Any, stream: list[int], tokenizer: Any, start: int, stop: int) -> list[int] | None:
+    """``stream[start:stop]`` (the sample's stream tokens) when the cut keeps every occurrence of every answer,
+    else None: a sample whose answers are not all spelled out in its stream (a count, a summary) is never cut."""
+    answers = [item.answer for item in sample.qa]
+    if not answers or any(not a or a not in sample.stream for a in answers):
+        return None
+    kept = tokenizer.decode(stream[start:stop])
+    if all(kept.count(a) == sample.stream.count(a) for a in answers):
+        return stream[start:stop]
+    return None
+
+
 def trim_tail(sample: Any, stream: list[int], tokenizer: Any, chunk_size: int, tail: int) -> list[int]:
     """``stream`` (the sample's stream tokens) cut to ``tail`` tokens past its last full chunk, when the cut
-    keeps every occurrence of every answer; otherwise ``stream`` unchanged.
+    keeps every occurrence of every answer (:func:`cut_stream`); otherwise ``stream`` unchanged.
 
     Generated streams end on a whole piece (a filler sentence, an event), so their tails rarely come out shorter
     than a piece (~30 tokens), while at recall time a stream's tail is anything from 0 tokens (right after a
-    chunk closed) to a chunk: unseen in training, tails of 10-14 tokens found 7 of 15 keys in closed chunks at step
-    2,831, tails of 422-445 tokens 10 of 12 (docs/training.md). A sample whose answers are all spelled out in its stream (pass keys, recall spans, most
-    conversation facts) is cut anywhere after the last occurrence of each, so no mention of an answer is lost;
-    one with a derived answer (a count, a summary) keeps its generated ending.
+    chunk closed) to a chunk (docs/training.md, steps 2,668-2,831).
     """
     if not 0 <= tail < chunk_size:
         raise ValueError(f"tail must be in [0, {chunk_size}), got {tail}")
     keep = (len(stream) // chunk_size) * chunk_size + tail
     if keep >= len(stream):
         return stream
-    answers = [item.answer for item in sample.qa]
-    if not answers or any(not a or a not in sample.stream for a in answers):
-        return stream
-    kept = tokenizer.decode(stream[:keep])
-    if all(kept.count(a) == sample.stream.count(a) for a in answers):
-        return stream[:keep]
-    return stream
+    cut = cut_stream(sample, stream, tokenizer, 0, keep)
+    return stream if cut is None else cut
+
+
+def chunk_end_cut(sample: Any, stream: list[int], tokenizer: Any, chunk_size: int, closed: int, tail: int,
+                  from_end: int) -> tuple[list[int], int] | None:
+    """``stream`` cut to ``closed`` chunks plus ``tail`` tokens, with the first answer's first occurrence
+    starting ``from_end`` tokens before the end of a closed chunk (the latest such chunk for which the cut keeps
+    every occurrence of every answer, :func:`cut_stream`), and the number of tokens cut from the front; None
+    when there is none (the answer too early, not spelled out, the stream too short).
+
+    A fact in the last few tokens of a chunk is seen by few of the chunk's compression tokens: keys starting in
+    the last 64 tokens of their chunk were found 3 of 28 times at step 2,945, earlier ones 43 of 50, whatever the
+    stream's tail (docs/training.md, steps 2,831-2,945). Uniform depths put 3 % of first answers there; this
+    cut lets the trainer ask for more (``TrainArgs.chunk_end_share``). The first cut tried moves the answer back
+    by less than a chunk and drops as much of the stream's end, so the answer keeps its age (closed chunks back).
+    """
+    if not 1 <= from_end <= chunk_size:
+        raise ValueError(f"from_end must be in [1, {chunk_size}], got {from_end}")
+    if closed < 1 or not 0 <= tail < chunk_size:
+        raise ValueError(f"need closed >= 1 and 0 <= tail < {chunk_size}, got {closed} and {tail}")
+    answer = sample.qa[0].answer if sample.qa else ""
+    if not answer or answer not in sample.stream:
+        return None
+    at = token_index_at(tokenizer, sample.stream, sample.stream.index(answer), len(stream))
+    length = closed * chunk_size + tail
+    q = min(at, closed * chunk_size - 1)
+    q -= (q - (chunk_size - from_end)) % chunk_size  # the latest index <= q at chunk_size - from_end of a chunk
+    while q >= 0:  # later mentions (a needle states its key twice) may need the key a chunk earlier
+        start = at - q
+        if start + length > len(stream):
+            return None
+        cut = cut_stream(sample, stream, tokenizer, start, start + length)
+        if cut is not None:
+            return cut, start
+        q -= chunk_size
+    return None
 
 
 def encode_sample(sample: Any, tokenizer: Any, chunk_size: int, *, lm_weight: float = 0.0,
-                  tail: int | None = None) -> TrainingExample:
+                  tail: int | None = None, chunk_end: tuple[int, int] | None = None) -> TrainingExample:
     """Tokenise a :class:`~comet_agents.training.data.common.Sample` into a chunk plan with labels.
 
     ``tail``: cut the stream to this many tokens past its last full chunk where :func:`trim_tail` allows it.
+    ``chunk_end`` = (closed chunks, from_end): instead cut the stream to ``closed`` chunks plus ``tail`` tokens
+    so that the first answer starts ``from_end`` tokens before the end of a closed chunk
+    (:func:`chunk_end_cut`), where that is possible; else as ``tail`` alone.
     """
-    stream = encode_text(tokenizer, sample.stream)
-    if tail is not None:
+    full = encode_text(tokenizer, sample.stream)
+    stream, start = full, 0
+    if chunk_end is not None:
+        if tail is None:
+            raise ValueError("chunk_end needs a tail")
+        cut = chunk_end_cut(sample, full, tokenizer, chunk_size, chunk_end[0], tail, chunk_end[1])
+        if cut is not None:
+            stream, start = cut
+    if tail is not None and stream is full:
         stream = trim_tail(sample, stream, tokenizer, chunk_size, tail)
     qa_ids: list[int] = []
     qa_sup: list[bool] = []
@@ -120,7 +169,7 @@ def encode_sample(sample: Any, tokenizer: Any, chunk_size: int, *, lm_weight: fl
     needle = sample.meta.get("needle_char_offset")
     if needle is not None and stream:
         at = sample.stream.index(sample.meta["key"], needle)
-        age = key_age(token_index_at(tokenizer, sample.stream, at, len(stream)), len(stream), chunk_size)
+        age = key_age(token_index_at(tokenizer, sample.stream, at, len(full)) - start, len(stream), chunk_size)
     return TrainingExample(
         chunk_texts=[ids[a:b] for a, b in zip(bounds, bounds[1:])],
         chunk_labels=[labels[a:b] for a, b in zip(bounds, bounds[1:])],

@@ -59,6 +59,11 @@ class TrainArgs:
     # Share of sequences laid out without the FIFO, whose answers can then only come through the global memory:
     # with the FIFO present, only keys older than its reach (4 chunks) need the global memory.
     fifo_dropout: float = 0.0
+    # Share of sequences cut so that their first answer starts in the last sixteenth of a closed chunk (the last
+    # 64 of 1,024 tokens), where few of the chunk's compression tokens see it: such keys were found 3 of 28 times
+    # at step 2,945, earlier ones 43 of 50 (docs/training.md). Uniform depths put 3 % of first answers there, this
+    # share 17-24 % (``tools/tail_stats.py``: about half the draws can be cut so, the others are drawn as usual).
+    chunk_end_share: float = 0.35
     warmup_steps: int = 20
     weight_decay: float = 0.0
     grad_clip: float = 1.0
@@ -82,6 +87,8 @@ class TrainArgs:
     def __post_init__(self) -> None:
         if not 0.0 <= self.fifo_dropout <= 1.0:
             raise ValueError(f"fifo_dropout must be in [0, 1], got {self.fifo_dropout}")
+        if not 0.0 <= self.chunk_end_share <= 1.0:
+            raise ValueError(f"chunk_end_share must be in [0, 1], got {self.chunk_end_share}")
         if self.tokens_per_micro_batch < 1 or self.sequences_per_micro_batch < 0:
             raise ValueError(f"tokens_per_micro_batch must be >= 1 and sequences_per_micro_batch >= 0, got "
                              f"{self.tokens_per_micro_batch} and {self.sequences_per_micro_batch}")
@@ -158,8 +165,18 @@ class SampleSource:
             # whole piece and so overshoot the target by up to ~30 tokens; tails shorter than that (right after a
             # chunk closed) come from cutting the stream (examples.trim_tail, from step 2,831 on).
             tail = rng.randint(0, C - C // 8)
-            sample = self.generate(rng.randrange(2**31), n * C + tail, args.families, self.count)
-            ex = encode_sample(sample, self.tokenizer, C, lm_weight=args.lm_weight, tail=tail)
+            seed = rng.randrange(2**31)
+            ex = None
+            if rng.random() < args.chunk_end_share:
+                # A chunk longer, then cut from the front so that the first answer ends a closed chunk (from
+                # step 2,945 on); samples that cannot be cut so (derived answers) are drawn again as usual.
+                from_end = rng.randint(1, max(1, C // 16))
+                sample = self.generate(seed, (n + 1) * C + tail, args.families, self.count)
+                ex = encode_sample(sample, self.tokenizer, C, lm_weight=args.lm_weight, tail=tail,
+                                   chunk_end=(n, from_end))
+            if ex is None or ex.num_chunks != n + 1:
+                sample = self.generate(seed, n * C + tail, args.families, self.count)
+                ex = encode_sample(sample, self.tokenizer, C, lm_weight=args.lm_weight, tail=tail)
             if ex.num_chunks == n + 1:
                 out.append(ex)
         return out
