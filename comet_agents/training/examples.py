@@ -102,7 +102,7 @@ def chunk_end_cut(sample: Any, stream: list[int], tokenizer: Any, chunk_size: in
 
     A fact in the last few tokens of a chunk is seen by few of the chunk's compression tokens: keys starting in
     the last 64 tokens of their chunk were found 3 of 28 times at step 2,945, earlier ones 43 of 50, whatever the
-    stream's tail (docs/training.md, steps 2,831-2,945). Uniform depths put 3 % of first answers there; this
+    stream's tail (docs/training.md, steps 2,831-2,945). Uniform depths put 5 % of first answers there; this
     cut lets the trainer ask for more (``TrainArgs.chunk_end_share``). The first cut tried moves the answer back
     by less than a chunk and drops as much of the stream's end, so the answer keeps its age (closed chunks back).
     """

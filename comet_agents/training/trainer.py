@@ -61,7 +61,7 @@ class TrainArgs:
     fifo_dropout: float = 0.0
     # Share of sequences cut so that their first answer starts in the last sixteenth of a closed chunk (the last
     # 64 of 1,024 tokens), where few of the chunk's compression tokens see it: such keys were found 3 of 28 times
-    # at step 2,945, earlier ones 43 of 50 (docs/training.md). Uniform depths put 3 % of first answers there, this
+    # at step 2,945, earlier ones 43 of 50 (docs/training.md). Uniform depths put 5 % of first answers there, this
     # share 17-24 % (``tools/tail_stats.py``: about half the draws can be cut so, the others are drawn as usual).
     chunk_end_share: float = 0.35
     warmup_steps: int = 20
@@ -167,7 +167,7 @@ class SampleSource:
             tail = rng.randint(0, C - C // 8)
             seed = rng.randrange(2**31)
             ex = None
-            if rng.random() < args.chunk_end_share:
+            if args.chunk_end_share and rng.random() < args.chunk_end_share:  # share 0: the draws of before
                 # A chunk longer, then cut from the front so that the first answer ends a closed chunk (from
                 # step 2,945 on); samples that cannot be cut so (derived answers) are drawn again as usual.
                 from_end = rng.randint(1, max(1, C // 16))
