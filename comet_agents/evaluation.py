@@ -100,8 +100,8 @@ def passkey_grid(
             answer = engine.recall(state, question, max_new_tokens=16)
             age = key_age(key_at, len(toks), C)
             row = {"length": length, "tokens": len(toks), "depth": depth, "trial": trial, "key": key,
-                   "key_age": age, "memory": engine.config.memory_tier(age), "key_offset": key_at % C, "chunk_size": C,
-                   "tail": tail, "answer": answer, "correct": key in answer}
+                   "key_age": age, "memory": engine.config.memory_tier(age), "key_offset": key_at % C,
+                   "chunk_size": C, "tail": tail, "answer": answer, "correct": key in answer}
             rows.append(row)
             if log:
                 log(f"len={length} depth={depth:.2f} key={key} memory={row['memory']} answer={answer!r} "

@@ -79,9 +79,9 @@ def main() -> None:
                 engine.absorb(state, ids)
                 answer = engine.recall(state, QUESTION, max_new_tokens=16)
                 age = key_age(at, len(ids), C)
-                row = {"tokens": len(ids), "tail": len(state.pending[0]), "target_offset": offset, "key_offset": at % C, "key_age": age,
-                       "memory": engine.config.memory_tier(age), "trial": trial, "key": key, "answer": answer,
-                       "correct": key in answer}
+                row = {"tokens": len(ids), "tail": len(state.pending[0]), "target_offset": offset,
+                       "key_offset": at % C, "key_age": age, "memory": engine.config.memory_tier(age),
+                       "trial": trial, "key": key, "answer": answer, "correct": key in answer}
                 rows.append(row)
                 print(" ".join(f"{k}={v!r}" for k, v in row.items()), flush=True)
     print(f"{len(rows)} cases in {time.time() - t0:.0f} s on {a.device}; model {a.model}")

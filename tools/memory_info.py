@@ -14,7 +14,8 @@ can only come through the global memory: tier ``nofifo``).
     python tools/memory_info.py --model training/smollm2-default/checkpoint --closed 6 --samples 12
 
 Deterministic in ``--seed``. Keys sit in the first 55 % of the stream (``passkey_memory``), so at ``--closed 2``
-they are 1-2 chunks back, at ``--closed 6`` mostly beyond the FIFO's 4-chunk reach.
+they are 1-2 chunks back, at ``--closed 6`` mostly beyond the FIFO's 4-chunk reach. ``--chunk-end N`` moves every
+key to the last N tokens of its chunk (the place exact-match recall misses it, docs/training.md).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ import torch
 from comet_agents import CometModel
 from comet_agents.engine import encode_text
 from comet_agents.training.data import passkey
-from comet_agents.training.examples import collate, encode_sample, trim_tail
+from comet_agents.training.examples import chunk_end_cut, collate, encode_sample, qa_pieces, trim_tail
 
 
 def decoy_key(key: str, rng: random.Random) -> str:
@@ -63,8 +64,11 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=4, help="streams scored together")
     ap.add_argument("--seed", type=int, default=11)
     ap.add_argument("--tail", default=None, metavar="MIN-MAX",
-                    help="stream tokens left in the open chunk, drawn uniformly, the stream cut to them (default: C/8 to "
-                         "7C/8, uncut)")
+                    help="stream tokens left in the open chunk, drawn uniformly, the stream cut to them (default: C/8 "
+                         "to 7C/8, uncut)")
+    ap.add_argument("--chunk-end", type=int, default=0, metavar="N",
+                    help="cut every stream so that its key starts 1 to N tokens before the end of a closed chunk "
+                         "(examples.chunk_end_cut), where few of the chunk's compression tokens see it")
     ap.add_argument("--without-fifo", action="store_true", help="also score every stream laid out without the FIFO")
     ap.add_argument("--device", default=None)
     ap.add_argument("--out", default=None, help="write the rows as JSON here")
@@ -77,20 +81,32 @@ def main() -> None:
     if len(bounds) != 2 or not all(b.isdigit() for b in bounds) or not 0 <= int(bounds[0]) <= int(bounds[1]) < C:
         raise SystemExit(f"--tail must be MIN-MAX with 0 <= MIN <= MAX < {C}, got {a.tail!r}")
     lo, hi = int(bounds[0]), int(bounds[1])
+    if not 0 <= a.chunk_end <= C:
+        raise SystemExit(f"--chunk-end must be in [0, {C}], got {a.chunk_end}")
     rng = random.Random(a.seed)
     pairs = []  # (true example, decoy example, key, decoy, stream tokens in the open chunk)
     while len(pairs) < a.samples:
         tail = rng.randint(lo, hi)
-        sample = passkey.generate_in_memory(rng.randrange(2**31), a.closed * C + tail, count)
+        extra = C if a.chunk_end else 0  # a chunk more, cut from the front
+        sample = passkey.generate_in_memory(rng.randrange(2**31), a.closed * C + extra + tail, count)
         if a.tail:  # cut to the drawn tail (a generated stream overshoots by a sentence), true and decoy alike
             sample = dataclasses.replace(
                 sample, stream=tok.decode(trim_tail(sample, encode_text(tok, sample.stream), tok, C, tail)))
+        if a.chunk_end:  # the stream itself is cut, so that true key and decoy are scored on the same stream
+            cut = chunk_end_cut(sample, encode_text(tok, sample.stream), tok, C, a.closed, tail,
+                                rng.randint(1, a.chunk_end))
+            if cut is None:
+                continue
+            text = tok.decode(cut[0])
+            sample = dataclasses.replace(sample, stream=text,
+                                         meta={**sample.meta, "needle_char_offset": text.index(sample.meta["key"])})
         true_ex = encode_sample(sample, tok, C)
         if true_ex.num_chunks != a.closed + 1 or true_ex.key_age is None:
             continue
         key = sample.meta["key"]
         decoy, fake = with_decoy(sample, rng)
-        pairs.append((true_ex, encode_sample(decoy, tok, C), key, fake, len(encode_text(tok, sample.stream)) % C))
+        qa_len = sum(len(encode_text(tok, t)) for t, _ in qa_pieces(tok, sample.qa))
+        pairs.append((true_ex, encode_sample(decoy, tok, C), key, fake, len(true_ex.chunk_texts[-1]) - qa_len))
     layouts = [False, True] if a.without_fifo else [False]
     rows = []
     t0 = time.perf_counter()
