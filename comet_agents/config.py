@@ -24,7 +24,8 @@ class CometConfig:
 
     Attributes:
         chunk_size: text tokens per chunk (C). The layout of a steady chunk is
-            ``m + B + C + ceil(C/s) + m`` positions (``m`` fewer with ``global_source="compression"``).
+            ``m + B + K + C + ceil(C/s) + m`` positions (K: ``chunk_overlap``; the last ``m``, the readouts,
+            only with ``global_source="readouts"``).
         num_global_slots: global memory slots = readout tokens per chunk (m).
         compression_stride: text tokens per compression token (s).
         fifo_budget: maximum entries of the temporary (FIFO) memory per layer (B).
@@ -60,6 +61,13 @@ class CometConfig:
             written once presents exactly the FIFO entry it came from: no norm or adapter of its own, the
             read path the model has for the FIFO works for it from the start. Until the first eviction
             (``B / ceil(C/s)`` chunks, 4 by default) no global slots are laid out. Needs the temporary memory.
+        chunk_overlap: stream tokens a chunk re-reads from before its start (K), as plain text between its
+            memory slots and its own text, without compression tokens or labels. 0 (default) re-reads nothing,
+            as in the paper. With K > 0 a fact that ends near a chunk's end, or is cut by the boundary, is seen
+            whole and followed by its context once more in the next chunk, whose compression tokens write it to
+            memory again, and the open chunk always shows the last K tokens of the stream verbatim
+            (docs/architecture.md, "Chunk overlap"). The state keeps those K token ids; a chunk costs K more
+            positions.
         memory_lora_rank: rank of the LoRA that runs only at memory positions (the added tokens: slots,
             compression tokens, readouts); 0 disables it. Text positions never see it, so the backbone's
             behaviour on plain text is untouched while the tokens that write and present memory get their own
@@ -82,6 +90,7 @@ class CometConfig:
     open_chunk_compression: bool = False
     memory_source: str = "input"
     global_source: str = "readouts"
+    chunk_overlap: int = 0
     memory_lora_rank: int = 16
     memory_lora_alpha: int = 32
     memory_lora_targets: tuple[str, ...] = field(default=("q_proj", "k_proj", "v_proj", "o_proj"))
@@ -107,6 +116,9 @@ class CometConfig:
             problems.append(f"lora_rank must be >= 0, got {self.lora_rank}")
         if self.memory_lora_rank < 0:
             problems.append(f"memory_lora_rank must be >= 0, got {self.memory_lora_rank}")
+        if not 0 <= self.chunk_overlap <= self.chunk_size:
+            problems.append(f"chunk_overlap must be between 0 and chunk_size ({self.chunk_size}), "
+                            f"got {self.chunk_overlap}")
         if self.memory_source not in MEMORY_SOURCES:
             problems.append(f"memory_source must be one of {', '.join(MEMORY_SOURCES)}, got {self.memory_source!r}")
         if self.global_source not in GLOBAL_SOURCES:
@@ -191,10 +203,10 @@ class CometConfig:
         return "fifo" if key_age <= self.fifo_reach_chunks else "global"
 
     def steady_layout_len(self) -> int:
-        """Positions of a full chunk once the FIFO is full: m + B + C + ceil(C/s) + m (the last m readouts only
-        with ``global_source="readouts"``)."""
+        """Positions of a full chunk once the FIFO is full: m + B + K + C + ceil(C/s) + m (the last m readouts
+        only with ``global_source="readouts"``; K the ``chunk_overlap``)."""
         comp = -(-self.chunk_size // self.stride) if self.stride else 0
-        return self.m + self.num_readouts + self.fifo + self.chunk_size + comp
+        return self.m + self.num_readouts + self.fifo + self.chunk_overlap + self.chunk_size + comp
 
     def state_fields(self) -> dict[str, Any]:
         """The fields that determine what a memory state means (LoRA settings excluded: the adapter
@@ -205,6 +217,8 @@ class CometConfig:
             d.pop(k)
         if d["global_source"] == "readouts":  # absent before the field existed: earlier states keep their fingerprint
             d.pop("global_source")
+        if not d["chunk_overlap"]:  # likewise
+            d.pop("chunk_overlap")
         return d
 
     def fingerprint(self) -> str:

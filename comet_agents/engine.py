@@ -175,7 +175,7 @@ class MemoryEngine:
             text, has_global=bool(state.has_global[b]), fifo_len=int(state.fifo_len[b]), num_global=cfg.m,
             fifo_budget=cfg.fifo, stride=cfg.stride if closed else cfg.open_stride, closed=closed,
             ids=self.model.special, global_from_compression=cfg.global_from_compression,
-            global_from_fifo=cfg.global_from_fifo,
+            global_from_fifo=cfg.global_from_fifo, context_ids=state.context[b],
         )
 
     def absorb(
@@ -231,6 +231,7 @@ class MemoryEngine:
                     states[i].fifo = piece.fifo
                     states[i].fifo_len = piece.fifo_len
                     states[i].pending = piece.pending
+                    states[i].context = piece.context
                     states[i].tokens_absorbed = piece.tokens_absorbed
                     states[i].chunks = piece.chunks
                 if progress is not None:
@@ -271,14 +272,16 @@ class MemoryEngine:
             return
         cfg = self.config
         slots = (cfg.m if bool(state.has_global[0]) else 0) + int(state.fifo_len[0])
+        overlap = len(state.context[0])
         total = n_text + max_new_tokens
         beacons = sum(compression_after(total, cfg.open_stride, closed=False))
-        need = slots + total + beacons
+        need = slots + overlap + total + beacons
         if need > limit:
             pending = len(state.pending[0])
             raise ValueError(
                 f"the prompt does not fit the base model: the open chunk needs {need:,} positions (memory slots "
-                f"{slots} + pending tail {pending} + prompt {n_text - pending:,} + max_new_tokens "
+                f"{slots}{f' + overlap {overlap}' if overlap else ''} + pending tail {pending} + prompt "
+                f"{n_text - pending:,} + max_new_tokens "
                 f"{max_new_tokens:,} + compression tokens {beacons:,}) but the base model has {limit:,} "
                 "(max_position_embeddings); shorten the prompt or lower max_new_tokens"
             )

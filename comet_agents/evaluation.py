@@ -307,14 +307,15 @@ def qa_items(
 
 
 def truncation_budget(config: Any) -> int:
-    """Stream tokens the truncation baseline reads: CoMeT's answer-time attention span, ``m + B + C``.
+    """Stream tokens the truncation baseline reads: CoMeT's answer-time attention span, ``m + B + K + C``.
 
-    When CoMeT answers, the open chunk attends to ``m`` global-memory slots, up to ``B`` FIFO entries and up to
-    ``C`` text tokens of the stream's tail (plus the question, which neither side counts). So the baseline gets
-    the most recent ``config.m + config.fifo + config.chunk_size`` stream tokens (1,664 for the default
-    128 + 512 + 1,024), then the same question.
+    When CoMeT answers, the open chunk attends to ``m`` global-memory slots, up to ``B`` FIFO entries, the ``K``
+    overlap tokens (``chunk_overlap``) and up to ``C`` text tokens of the stream's tail (plus the question,
+    which neither side counts). So the baseline gets the most recent ``config.m + config.fifo +
+    config.chunk_overlap + config.chunk_size`` stream tokens (1,664 for the default 128 + 512 + 0 + 1,024),
+    then the same question.
     """
-    return int(config.m + config.fifo + config.chunk_size)
+    return int(config.m + config.fifo + config.chunk_overlap + config.chunk_size)
 
 
 @contextlib.contextmanager
@@ -535,7 +536,7 @@ def qa_markdown(rows: Sequence[dict[str, Any]], *, budget: int | None = None, wi
     notes = []
     if budget is not None and "truncation" in systems:
         notes.append(f"truncation: the base model reads the most recent {budget:,} stream tokens (CoMeT's answer-time "
-                     "attention span, m + B + C) and the question")
+                     "attention span, m + B + K + C) and the question")
     if window is not None and "full" in systems:
         notes.append(f"full: the base model reads the whole stream and the question when they fit its "
                      f"{window:,}-token window (with the answer), else n/a")

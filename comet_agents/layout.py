@@ -2,9 +2,11 @@
 
 Pure functions, no model state. One chunk's layout (docs/architecture.md):
 
-    [ m global slots ][ q temporary slots ][ x1..xs <C> x(s+1)..x2s <C> ... ][ R_0 .. R_{m-1} ]
+    [ m global slots ][ q temporary slots ][ K overlap tokens ][ x1..xs <C> x(s+1)..x2s <C> ... ][ R_0 .. R_{m-1} ]
 
-* chunk 0 of a stream has no slots (there is no memory yet);
+* chunk 0 of a stream has no slots (there is no memory yet) and nothing to overlap;
+* with ``CometConfig.chunk_overlap`` K > 0, every later chunk first re-reads the last K stream tokens before it
+  (:func:`overlap_context`), as plain text: no compression tokens, no labels, not counted as absorbed;
 * a *closed* chunk (absorbed into memory) puts a compression token after every group of ``s`` text tokens,
   the final partial group included, and ends with the m readouts;
 * the *open* last chunk (the one holding the question and the answer being generated) has no readouts and,
@@ -48,7 +50,7 @@ class ChunkLayout:
     input_ids: tuple[int, ...]
     num_global: int
     num_temp: int
-    text_index: tuple[int, ...]
+    text_index: tuple[int, ...]  # the chunk's own text (overlap tokens excluded)
     compression_index: tuple[int, ...]
     readout_index: tuple[int, ...]
     # Positions whose hidden states become the global candidates, slot i from entry i: the readouts, or the
@@ -56,6 +58,7 @@ class ChunkLayout:
     # ``fifo_writes`` (global_source="evicted") they are rows of the FIFO before this chunk's push instead,
     # the ones the push evicts (0 .. fifo_writes - 1, oldest first).
     global_write_index: tuple[int, ...]
+    num_context: int = 0  # overlap tokens re-read right after the slots
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -94,6 +97,7 @@ def build_chunk_layout(
     ids: SpecialIds,
     global_from_compression: bool = False,
     fifo_writes: int = 0,
+    context_ids: Sequence[int] = (),
 ) -> ChunkLayout:
     """Build one chunk's layout.
 
@@ -110,12 +114,14 @@ def build_chunk_layout(
             are appended.
         fifo_writes: with ``CometConfig.global_source == "evicted"``, how many of the FIFO's oldest entries this
             chunk's push evicts; they write slots 0 .. fifo_writes - 1. Pass ``num_readouts=0`` with it.
+        context_ids: overlap tokens (``CometConfig.chunk_overlap``), placed after the slots and before the text
+            as plain tokens: they get no compression tokens and are not in ``text_index``.
     """
     if fifo_writes and (num_readouts or global_from_compression):
         raise ValueError("fifo_writes excludes readouts and global_from_compression: one writer per global memory")
     if not closed and num_readouts:
         raise ValueError("an open chunk has no readouts")
-    tokens: list[int] = [ids.memory] * (num_global + num_temp)
+    tokens: list[int] = [ids.memory] * (num_global + num_temp) + [int(t) for t in context_ids]
     text_index: list[int] = []
     comp_index: list[int] = []
     for tok, comp in zip(text_ids, compression_after(len(text_ids), stride, closed)):
@@ -139,6 +145,7 @@ def build_chunk_layout(
         compression_index=tuple(comp_index),
         readout_index=readout_index,
         global_write_index=writes,
+        num_context=len(context_ids),
     )
 
 
@@ -154,11 +161,12 @@ def next_chunk_layout(
     ids: SpecialIds,
     global_from_compression: bool = False,
     global_from_fifo: bool = False,
+    context_ids: Sequence[int] = (),
 ) -> ChunkLayout:
     """The layout of a memory's next chunk, given what the memory holds (``has_global``: a global state exists;
-    ``fifo_len``: the FIFO's fill) and the config's writer of the global memory: readouts (default), the
-    compression tokens (``global_from_compression``) or the FIFO entries this chunk's push evicts
-    (``global_from_fifo``). One rule for streaming (:meth:`comet_agents.engine.MemoryEngine.chunk_layout`) and
+    ``fifo_len``: the FIFO's fill; ``context_ids``: the overlap tokens it keeps) and the config's writer of the
+    global memory: readouts (default), the compression tokens (``global_from_compression``) or the FIFO entries
+    this chunk's push evicts (``global_from_fifo``). One rule for streaming (:meth:`comet_agents.engine.MemoryEngine.chunk_layout`) and
     training (:func:`sequence_layouts`)."""
     evicts = 0
     if global_from_fifo and closed:
@@ -173,7 +181,16 @@ def next_chunk_layout(
         ids=ids,
         global_from_compression=global_from_compression,
         fifo_writes=evicts,
+        context_ids=context_ids,
     )
+
+
+def overlap_context(context: Sequence[int], text: Sequence[int], overlap: int) -> list[int]:
+    """The overlap tokens the chunk after ``text`` re-reads: the last ``overlap`` stream tokens so far, i.e. the
+    tail of ``context`` (what ``text``'s own chunk re-read) followed by ``text``. Empty when ``overlap`` is 0."""
+    if overlap <= 0:
+        return []
+    return [int(t) for t in (list(context) + list(text))[-overlap:]]
 
 
 def fifo_evictions(fifo_len: int, num_new: int, budget: int) -> int:
@@ -375,6 +392,7 @@ def sequence_layouts(
     open_stride: int | None = None,
     global_from_compression: bool = False,
     global_from_fifo: bool = False,
+    overlap: int = 0,
 ) -> list[ChunkLayout]:
     """Layouts of a whole sequence of chunks starting from empty memory (training's chunk plan).
 
@@ -384,17 +402,20 @@ def sequence_layouts(
     ``stride``; 0 places no compression tokens in it). ``global_from_compression``: see
     :func:`build_chunk_layout`. ``global_from_fifo`` (global_source="evicted"): a closed chunk writes the
     global memory with the FIFO entries its push evicts (:func:`fifo_evictions`); ``fifo_budget`` must then be
-    the real FIFO's.
+    the real FIFO's. ``overlap``: ``CometConfig.chunk_overlap``, the stream tokens each chunk re-reads from
+    before its start (:func:`overlap_context`).
     """
     layouts: list[ChunkLayout] = []
-    q, has_global = 0, False
+    q, has_global, context = 0, False, []
     for c, text in enumerate(chunk_texts):
         closed = not (last_open and c == len(chunk_texts) - 1)
         lay = next_chunk_layout(
             text, has_global=has_global, fifo_len=q, num_global=num_global, fifo_budget=fifo_budget,
             stride=stride if closed or open_stride is None else open_stride, closed=closed, ids=ids,
             global_from_compression=global_from_compression, global_from_fifo=global_from_fifo,
+            context_ids=context,
         )
+        context = overlap_context(context, text, overlap)
         layouts.append(lay)
         q = min(fifo_budget, q + len(lay.compression_index)) if fifo_budget else 0
         has_global = has_global or bool(lay.global_write_index)

@@ -94,6 +94,8 @@ def state_digest(state: MemoryState) -> str:
         h.update(t.view(torch.uint8).numpy().tobytes() if t.dtype != torch.bool else t.numpy().tobytes())
     h.update(json.dumps([state.pending, state.config_fingerprint, state.base_fingerprint,
                          state.adapter_fingerprint]).encode())
+    if any(state.context):  # overlap tokens (CometConfig.chunk_overlap); states without them hash as before
+        h.update(json.dumps(["context", state.context]).encode())
     return h.hexdigest()
 
 

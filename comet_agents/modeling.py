@@ -53,7 +53,15 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from .config import CometConfig
-from .layout import IGNORE_INDEX, LayoutBatch, SpecialIds, causal_mask, decode_mask, to_attention_mask
+from .layout import (
+    IGNORE_INDEX,
+    LayoutBatch,
+    SpecialIds,
+    causal_mask,
+    decode_mask,
+    overlap_context,
+    to_attention_mask,
+)
 from .state import MemoryState
 
 log = logging.getLogger(__name__)
@@ -554,7 +562,7 @@ class CometModel(nn.Module):
     def absorb_chunks(self, state: MemoryState, batch: LayoutBatch) -> None:
         """Absorb one closed chunk per session of ``state`` (chunk-major, no KV cache), updating it in place."""
         self._check_batch(batch, state)
-        batch = batch.to(self.device)
+        host, batch = batch, batch.to(self.device)
         hidden = self.embed(batch.input_ids)
         ctx = self.chunk_context(batch, hidden, state.fifo_len)
         S_all = state.global_state if self.config.m else None
@@ -570,6 +578,10 @@ class CometModel(nn.Module):
         state.has_global, state.fifo_len = self._next_counters(batch, state.has_global, state.fifo_len)
         state.chunks += 1
         state.tokens_absorbed += batch.text_valid.sum(1).to(state.tokens_absorbed.device)
+        if self.config.chunk_overlap:
+            for b in range(host.input_ids.shape[0]):
+                text = host.input_ids[b, host.text_index[b][host.text_valid[b]]].tolist()
+                state.context[b] = overlap_context(state.context[b], text, self.config.chunk_overlap)
 
     # ---- training forward (layer-major) -----------------------------------------------------------------------
 

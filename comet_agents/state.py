@@ -8,7 +8,8 @@ Per layer ``l`` and session ``b``:
   rows past ``fifo_len`` are kept at zero.
 
 Per session: ``has_global`` (False until the first chunk wrote S: the first-chunk rule), ``pending`` (tail
-tokens that do not yet fill a chunk), and counters. The size never depends on how much was absorbed.
+tokens that do not yet fill a chunk), ``context`` (with ``CometConfig.chunk_overlap`` K > 0: the last K
+absorbed tokens, which the next chunk re-reads), and counters. The size never depends on how much was absorbed.
 
 States serialise to safetensors bytes (never pickle); a state remembers the config and base-weight
 fingerprints it was made with and refuses to load into anything else.
@@ -52,6 +53,12 @@ class MemoryState:
     base_fingerprint: str
     adapter_fingerprint: str = ""
     meta: dict[str, str] = field(default_factory=dict)
+    # per session, the overlap tokens the next chunk re-reads (CometConfig.chunk_overlap); [] per session if None
+    context: list[list[int]] | None = None
+
+    def __post_init__(self) -> None:
+        if self.context is None:
+            self.context = [[] for _ in self.pending]
 
     @classmethod
     def empty(
@@ -92,7 +99,8 @@ class MemoryState:
     def nbytes(self) -> int:
         """Bytes held by the tensors of this state (pending tokens counted at 8 bytes each)."""
         tensors = (self.global_state, self.has_global, self.fifo, self.fifo_len, self.tokens_absorbed, self.chunks)
-        return sum(t.numel() * t.element_size() for t in tensors) + 8 * sum(len(p) for p in self.pending)
+        tokens = sum(len(p) for p in self.pending) + sum(len(c) for c in self.context)
+        return sum(t.numel() * t.element_size() for t in tensors) + 8 * tokens
 
     def to(self, device: torch.device | str, dtype: torch.dtype | None = None, *, copy: bool = False) -> "MemoryState":
         """This state on ``device`` with the FIFO in ``dtype`` (S always stays float32).
@@ -111,6 +119,7 @@ class MemoryState:
             base_fingerprint=self.base_fingerprint,
             adapter_fingerprint=self.adapter_fingerprint,
             meta=dict(self.meta),
+            context=[list(c) for c in self.context],
         )
 
     def clone(self) -> "MemoryState":
@@ -134,6 +143,7 @@ class MemoryState:
             base_fingerprint=self.base_fingerprint,
             adapter_fingerprint=self.adapter_fingerprint,
             meta=dict(self.meta),
+            context=[list(self.context[i]) for i in index],
         )
 
     def split(self) -> list["MemoryState"]:
@@ -163,6 +173,7 @@ class MemoryState:
             base_fingerprint=first.base_fingerprint,
             adapter_fingerprint=first.adapter_fingerprint,
             meta=dict(first.meta),
+            context=[list(c) for s in states for c in s.context],
         )
 
     def assign(self, index: Sequence[int], other: "MemoryState") -> None:
@@ -176,6 +187,7 @@ class MemoryState:
         self.chunks.index_copy_(0, idx, other.chunks)
         for j, i in enumerate(index):
             self.pending[i] = list(other.pending[j])
+            self.context[i] = list(other.context[j])
 
     # ---- compatibility ----------------------------------------------------------------------------------------
 
@@ -199,6 +211,7 @@ class MemoryState:
         """Safetensors bytes; FIFO rows past each session's fill are omitted (they are zero)."""
         width = int(self.fifo_len.max().item()) if self.batch_size else 0
         pending_flat = [t for p in self.pending for t in p]
+        context_flat = [t for c in self.context for t in c]
         tensors = {
             "global_state": self.global_state.contiguous().cpu(),
             "has_global": self.has_global.to(torch.uint8).cpu(),
@@ -206,6 +219,8 @@ class MemoryState:
             "fifo_len": self.fifo_len.cpu(),
             "pending": torch.tensor(pending_flat, dtype=torch.long),
             "pending_len": torch.tensor([len(p) for p in self.pending], dtype=torch.long),
+            "context": torch.tensor(context_flat, dtype=torch.long),
+            "context_len": torch.tensor([len(c) for c in self.context], dtype=torch.long),
             "tokens_absorbed": self.tokens_absorbed.cpu(),
             "chunks": self.chunks.cpu(),
         }
@@ -235,14 +250,9 @@ class MemoryState:
             if fifo.shape[2] < budget:
                 pad = torch.zeros(*fifo.shape[:2], budget - fifo.shape[2], fifo.shape[3], dtype=fifo.dtype)
                 fifo = torch.cat([fifo, pad], dim=2)
-            lengths = t["pending_len"].tolist()
-            flat = t["pending"].tolist()
-            if sum(lengths) != len(flat):
-                raise CorruptStateError("pending token counts do not add up")
-            pending, pos = [], 0
-            for n in lengths:
-                pending.append(flat[pos : pos + n])
-                pos += n
+            pending = _unflatten(t["pending"], t["pending_len"], "pending")
+            # Absent in blobs written before chunk_overlap existed (their configs have none).
+            context = _unflatten(t["context"], t["context_len"], "context") if "context" in t else None
             state = cls(
                 global_state=t["global_state"].to(device),
                 has_global=t["has_global"].to(torch.bool).to(device),
@@ -255,15 +265,28 @@ class MemoryState:
                 base_fingerprint=metadata["base_fingerprint"],
                 adapter_fingerprint=metadata.get("adapter_fingerprint", ""),
                 meta=json.loads(metadata.get("meta", "{}")),
+                context=context,
             )
         except CorruptStateError:
             raise
         except Exception as exc:  # safetensors raises several types on bad bytes
             raise CorruptStateError(f"memory state bytes are damaged: {exc}") from None
         b = state.global_state.shape[1]
-        if not (state.has_global.shape[0] == state.fifo_len.shape[0] == len(state.pending) == b):
+        if not (state.has_global.shape[0] == state.fifo_len.shape[0] == len(state.pending) == len(state.context) == b):
             raise CorruptStateError("memory state tensors disagree on the number of sessions")
         return state
+
+
+def _unflatten(flat: torch.Tensor, lengths: torch.Tensor, what: str) -> list[list[int]]:
+    """Per-session token lists from a flat tensor and its per-session counts (``to_bytes``' layout)."""
+    counts, values = lengths.tolist(), flat.tolist()
+    if sum(counts) != len(values) or any(n < 0 for n in counts):
+        raise CorruptStateError(f"{what} token counts do not add up")
+    out, pos = [], 0
+    for n in counts:
+        out.append(values[pos : pos + n])
+        pos += n
+    return out
 
 
 def read_safetensors_metadata(data: bytes) -> dict[str, str]:

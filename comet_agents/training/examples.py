@@ -216,7 +216,7 @@ def _collate(examples: Sequence[TrainingExample], cfg: CometConfig,
         lays = sequence_layouts(ex.chunk_texts, num_global=cfg.m, fifo_budget=fifo, stride=stride,
                                 ids=special, last_open=True, open_stride=open_stride,
                                 global_from_compression=cfg.global_from_compression,
-                                global_from_fifo=cfg.global_from_fifo)
+                                global_from_fifo=cfg.global_from_fifo, overlap=cfg.chunk_overlap)
         per_example.append(lays)
     batches, weights = [], []
     for c in range(counts.pop()):
