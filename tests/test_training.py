@@ -55,6 +55,15 @@ def test_smoke_training_reduces_loss(tmp_path) -> None:
     assert (tmp_path / "checkpoint" / "comet_adapter.safetensors").exists()
 
 
+def test_smoke_training_with_chunk_overlap_learns_and_records_it(tmp_path) -> None:
+    model = tiny_model("llama", lora_rank=4, chunk_overlap=4)
+    result = train(args_for(tmp_path, 12), model=model, sample_fn=key_recall_batch, log=lambda s: None)
+    losses = [h["loss"] for h in result["history"]]
+    assert sum(losses[-3:]) / 3 < 0.8 * sum(losses[:3]) / 3, losses
+    saved = json.loads((tmp_path / "checkpoint" / "comet_config.json").read_text())
+    assert saved["comet"]["chunk_overlap"] == 4
+
+
 def test_resume_gives_the_identical_next_step_loss(tmp_path) -> None:
     full = train(args_for(tmp_path / "a", 6), model=tiny_model("llama", lora_rank=4), sample_fn=key_recall_batch,
                  log=lambda s: None)
