@@ -13,20 +13,9 @@ from comet_agents.layout import pad_layouts, sequence_layouts, split_into_chunks
 from comet_agents.modeling import fifo_push
 from comet_agents.state import StateMismatchError
 
-from tiny import VOCAB, tiny_base, tiny_model
+from tiny import VOCAB, recall_logits, tiny_base, tiny_model, tokens
 
 ATOL = 1e-5
-
-
-def tokens(n: int, seed: int = 0) -> list[int]:
-    rng = random.Random(seed)
-    return [rng.randrange(2, VOCAB) for _ in range(n)]
-
-
-def recall_logits(engine: MemoryEngine, state: MemoryState, prompt: list[int]) -> torch.Tensor:
-    batch, _, _ = engine.open_chunk(state, prompt)
-    logits, _ = engine.model.prefill_open_chunk(state, batch)
-    return logits
 
 
 def assert_same_state(a: MemoryState, b: MemoryState, atol: float = ATOL) -> None:

@@ -24,22 +24,11 @@ from comet_agents.layout import (
 )
 from comet_agents.state import read_safetensors_metadata
 
-from tiny import VOCAB, tiny_model
+from tiny import VOCAB, recall_logits, tiny_model, tokens
 
 IDS = SpecialIds(memory=90, first_readout=91, compression=95, pad=1)
 K = 5
 ATOL = 1e-5
-
-
-def tokens(n: int, seed: int = 0) -> list[int]:
-    rng = random.Random(seed)
-    return [rng.randrange(2, VOCAB) for _ in range(n)]
-
-
-def recall_logits(engine: MemoryEngine, state: MemoryState, prompt: list[int]) -> torch.Tensor:
-    batch, _, _ = engine.open_chunk(state, prompt)
-    logits, _ = engine.model.prefill_open_chunk(state, batch)
-    return logits
 
 
 @pytest.fixture(scope="module", params=[("llama", "readouts"), ("qwen3", "evicted")], ids=["llama", "qwen3-evicted"])

@@ -2,12 +2,27 @@
 
 from __future__ import annotations
 
+import random
+
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, Qwen3Config, Qwen3ForCausalLM
 
 from comet_agents import CometConfig, CometModel
 
 VOCAB = 96
+
+
+def tokens(n: int, seed: int = 0) -> list[int]:
+    """``n`` random text ids of the tiny vocabulary (2 .. VOCAB-1), reproducible from ``seed``."""
+    rng = random.Random(seed)
+    return [rng.randrange(2, VOCAB) for _ in range(n)]
+
+
+def recall_logits(engine, state, prompt: list[int]) -> torch.Tensor:
+    """Next-token logits of the open chunk (pending tail + ``prompt``) over ``state``, as ``recall`` sees them."""
+    batch, _, _ = engine.open_chunk(state, prompt)
+    logits, _ = engine.model.prefill_open_chunk(state, batch)
+    return logits
 
 
 def tiny_base(kind: str = "llama", attn: str = "sdpa", seed: int = 0):
