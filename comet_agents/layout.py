@@ -166,8 +166,8 @@ def next_chunk_layout(
     """The layout of a memory's next chunk, given what the memory holds (``has_global``: a global state exists;
     ``fifo_len``: the FIFO's fill; ``context_ids``: the overlap tokens it keeps) and the config's writer of the
     global memory: readouts (default), the compression tokens (``global_from_compression``) or the FIFO entries
-    this chunk's push evicts (``global_from_fifo``). One rule for streaming (:meth:`comet_agents.engine.MemoryEngine.chunk_layout`) and
-    training (:func:`sequence_layouts`)."""
+    this chunk's push evicts (``global_from_fifo``). One rule for streaming
+    (:meth:`comet_agents.engine.MemoryEngine.chunk_layout`) and training (:func:`sequence_layouts`)."""
     evicts = 0
     if global_from_fifo and closed:
         evicts = fifo_evictions(fifo_len, sum(compression_after(len(text_ids), stride, closed)), fifo_budget)

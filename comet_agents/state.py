@@ -97,7 +97,7 @@ class MemoryState:
         return self.global_state.device
 
     def nbytes(self) -> int:
-        """Bytes held by the tensors of this state (pending tokens counted at 8 bytes each)."""
+        """Bytes held by the tensors of this state (pending and overlap tokens counted at 8 bytes each)."""
         tensors = (self.global_state, self.has_global, self.fifo, self.fifo_len, self.tokens_absorbed, self.chunks)
         tokens = sum(len(p) for p in self.pending) + sum(len(c) for c in self.context)
         return sum(t.numel() * t.element_size() for t in tensors) + 8 * tokens
