@@ -13,7 +13,15 @@ from comet_agents.layout import pad_layouts, sequence_layouts, split_into_chunks
 from comet_agents.modeling import fifo_push
 from comet_agents.state import StateMismatchError
 
-from tiny import VOCAB, recall_logits, tiny_base, tiny_model, tokens
+from tiny import (
+    VOCAB,
+    absorb_in_random_pieces,
+    assert_training_matches_streaming,
+    recall_logits,
+    tiny_base,
+    tiny_model,
+    tokens,
+)
 
 ATOL = 1e-5
 
@@ -39,12 +47,7 @@ def test_streaming_is_independent_of_how_input_is_cut(engine: MemoryEngine) -> N
     by_token = engine.new_state()
     for t in toks:
         engine.absorb(by_token, [t])
-    pieces = engine.new_state()
-    rng, i = random.Random(1), 0
-    while i < len(toks):
-        n = rng.randint(0, 30)
-        engine.absorb(pieces, toks[i : i + n])
-        i += n
+    pieces = absorb_in_random_pieces(engine, toks, seed=1)
     prompt = tokens(9, seed=5)
     ref = recall_logits(engine, one, prompt)
     for other in (by_token, pieces):
@@ -67,28 +70,7 @@ def test_batched_sessions_equal_single_sessions(engine: MemoryEngine) -> None:
 
 
 def test_layer_major_training_forward_equals_chunk_major_streaming(engine: MemoryEngine) -> None:
-    model, cfg = engine.model, engine.config
-    toks = tokens(12 * 7 + 5, seed=3)
-    prompt = tokens(6, seed=4)
-    streamed = engine.absorb(engine.new_state(), toks)
-    ref_logits = recall_logits(engine, streamed, prompt)
-
-    chunk_texts = split_into_chunks(toks, cfg.chunk_size)
-    closed, tail = chunk_texts[:-1], chunk_texts[-1]
-    layouts = sequence_layouts(closed + [tail + prompt], num_global=cfg.m, fifo_budget=cfg.fifo,
-                               stride=cfg.stride, ids=model.special, last_open=True, open_stride=cfg.open_stride)
-    batches = [pad_layouts([lay], model.special.pad) for lay in layouts]
-    with torch.no_grad():
-        out = model.forward_train(batches, return_logits=True)
-    # Final open chunk logits at its last text token equal the recall logits of the streamed state.
-    last = layouts[-1].text_index[-1]
-    torch.testing.assert_close(out["logits"][-1][:, last], ref_logits, atol=ATOL, rtol=1e-4)
-    # The state after the closed chunks equals the streamed state.
-    with torch.no_grad():
-        out_closed = model.forward_train(batches[:-1])
-    torch.testing.assert_close(out_closed["global_state"], streamed.global_state, atol=ATOL, rtol=1e-4)
-    torch.testing.assert_close(out_closed["fifo"], streamed.fifo, atol=ATOL, rtol=1e-4)
-    assert torch.equal(out_closed["fifo_len"], streamed.fifo_len)
+    assert_training_matches_streaming(engine, tokens(12 * 7 + 5, seed=3), tokens(6, seed=4), atol=ATOL)
 
 
 @pytest.mark.parametrize("kind", ["llama", "qwen3"])

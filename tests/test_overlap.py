@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import random
-
 import pytest
 import torch
 from safetensors.torch import load as st_load
@@ -18,13 +16,19 @@ from comet_agents.layout import (
     build_chunk_layout,
     layout_labels,
     overlap_context,
-    pad_layouts,
     sequence_layouts,
     split_into_chunks,
 )
 from comet_agents.state import read_safetensors_metadata
 
-from tiny import VOCAB, recall_logits, tiny_model, tokens
+from tiny import (
+    VOCAB,
+    absorb_in_random_pieces,
+    assert_training_matches_streaming,
+    recall_logits,
+    tiny_model,
+    tokens,
+)
 
 IDS = SpecialIds(memory=90, first_readout=91, compression=95, pad=1)
 K = 5
@@ -107,12 +111,7 @@ def test_state_keeps_the_last_k_absorbed_tokens(engine: MemoryEngine) -> None:
 def test_streaming_with_overlap_is_independent_of_how_input_is_cut(engine: MemoryEngine) -> None:
     toks = tokens(107, seed=3)
     one = engine.absorb(engine.new_state(), toks)
-    pieces = engine.new_state()
-    rng, i = random.Random(4), 0
-    while i < len(toks):
-        n = rng.randint(0, 30)
-        engine.absorb(pieces, toks[i : i + n])
-        i += n
+    pieces = absorb_in_random_pieces(engine, toks, seed=4)
     assert pieces.context == one.context and pieces.pending == one.pending
     torch.testing.assert_close(pieces.fifo, one.fifo, atol=ATOL, rtol=1e-4)
     prompt = tokens(9, seed=5)
@@ -134,23 +133,7 @@ def test_batched_sessions_with_overlap_equal_single_sessions(engine: MemoryEngin
 
 def test_training_layout_with_overlap_equals_streaming(engine: MemoryEngine) -> None:
     """Layer-major training over sequence_layouts(overlap=K) computes what chunk-major streaming computes."""
-    model, cfg = engine.model, engine.config
-    toks = tokens(12 * 7 + 5, seed=6)
-    prompt = tokens(6, seed=7)
-    streamed = engine.absorb(engine.new_state(), toks)
-    ref_logits = recall_logits(engine, streamed, prompt)
-    chunk_texts = split_into_chunks(toks, cfg.chunk_size)
-    layouts = sequence_layouts(chunk_texts[:-1] + [chunk_texts[-1] + prompt], num_global=cfg.m,
-                               fifo_budget=cfg.fifo, stride=cfg.stride, ids=model.special, last_open=True,
-                               open_stride=cfg.open_stride, global_from_compression=cfg.global_from_compression,
-                               global_from_fifo=cfg.global_from_fifo, overlap=cfg.chunk_overlap)
-    batches = [pad_layouts([lay], model.special.pad) for lay in layouts]
-    with torch.no_grad():
-        out = model.forward_train(batches, return_logits=True)
-        closed = model.forward_train(batches[:-1])
-    torch.testing.assert_close(out["logits"][-1][:, layouts[-1].text_index[-1]], ref_logits, atol=ATOL, rtol=1e-4)
-    torch.testing.assert_close(closed["fifo"], streamed.fifo, atol=ATOL, rtol=1e-4)
-    torch.testing.assert_close(closed["global_state"], streamed.global_state, atol=ATOL, rtol=1e-4)
+    assert_training_matches_streaming(engine, tokens(12 * 7 + 5, seed=6), tokens(6, seed=7), atol=ATOL)
 
 
 def test_the_open_chunk_reads_the_overlap(engine: MemoryEngine) -> None:

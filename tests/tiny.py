@@ -25,6 +25,42 @@ def recall_logits(engine, state, prompt: list[int]) -> torch.Tensor:
     return logits
 
 
+def absorb_in_random_pieces(engine, toks: list[int], seed: int, max_piece: int = 30):
+    """A fresh state that absorbed ``toks`` in random pieces of 0..``max_piece`` tokens."""
+    state = engine.new_state()
+    rng, i = random.Random(seed), 0
+    while i < len(toks):
+        n = rng.randint(0, max_piece)
+        engine.absorb(state, toks[i : i + n])
+        i += n
+    return state
+
+
+def assert_training_matches_streaming(engine, toks: list[int], prompt: list[int], atol: float = 1e-5) -> None:
+    """Layer-major ``forward_train`` over the training chunk plan (``sequence_layouts`` with every layout flag of
+    the engine's config) computes what chunk-major streaming computes: the open chunk's last logits equal the
+    recall logits of the streamed state, and the state after the closed chunks equals the streamed state."""
+    from comet_agents.layout import pad_layouts, sequence_layouts, split_into_chunks
+
+    model, cfg = engine.model, engine.config
+    streamed = engine.absorb(engine.new_state(), toks)
+    ref_logits = recall_logits(engine, streamed, prompt)
+    chunk_texts = split_into_chunks(toks, cfg.chunk_size)
+    layouts = sequence_layouts(chunk_texts[:-1] + [chunk_texts[-1] + prompt], num_global=cfg.m,
+                               fifo_budget=cfg.fifo, stride=cfg.stride, ids=model.special, last_open=True,
+                               open_stride=cfg.open_stride, global_from_compression=cfg.global_from_compression,
+                               global_from_fifo=cfg.global_from_fifo, overlap=cfg.chunk_overlap)
+    batches = [pad_layouts([lay], model.special.pad) for lay in layouts]
+    with torch.no_grad():
+        out = model.forward_train(batches, return_logits=True)
+        closed = model.forward_train(batches[:-1])
+    last = layouts[-1].text_index[-1]
+    torch.testing.assert_close(out["logits"][-1][:, last], ref_logits, atol=atol, rtol=1e-4)
+    torch.testing.assert_close(closed["global_state"], streamed.global_state, atol=atol, rtol=1e-4)
+    torch.testing.assert_close(closed["fifo"], streamed.fifo, atol=atol, rtol=1e-4)
+    assert torch.equal(closed["fifo_len"], streamed.fifo_len)
+
+
 def tiny_base(kind: str = "llama", attn: str = "sdpa", seed: int = 0):
     torch.manual_seed(seed)
     common = dict(
