@@ -53,11 +53,11 @@ class MemoryState:
     base_fingerprint: str
     adapter_fingerprint: str = ""
     meta: dict[str, str] = field(default_factory=dict)
-    # per session, the overlap tokens the next chunk re-reads (CometConfig.chunk_overlap); [] per session if None
-    context: list[list[int]] | None = None
+    # per session, the overlap tokens the next chunk re-reads (CometConfig.chunk_overlap); left out: none
+    context: list[list[int]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        if self.context is None:
+        if not self.context:
             self.context = [[] for _ in self.pending]
 
     @classmethod
@@ -252,7 +252,7 @@ class MemoryState:
                 fifo = torch.cat([fifo, pad], dim=2)
             pending = _unflatten(t["pending"], t["pending_len"], "pending")
             # Absent in blobs written before chunk_overlap existed (their configs have none).
-            context = _unflatten(t["context"], t["context_len"], "context") if "context" in t else None
+            context = _unflatten(t["context"], t["context_len"], "context") if "context" in t else []
             state = cls(
                 global_state=t["global_state"].to(device),
                 has_global=t["has_global"].to(torch.bool).to(device),
