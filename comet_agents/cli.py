@@ -121,6 +121,9 @@ def train(
     chunk_end_share: Annotated[float, typer.Option(
         help="Share of training sequences cut so that their first answer starts in the last sixteenth of a "
              "closed chunk, where few compression tokens see it.")] = 0.35,
+    question_echo_share: Annotated[float, typer.Option(
+        help="Share of training sequences whose stream ends with the question as the user's message, as when a "
+             "middleware absorbs the request before asking memory.")] = 0.15,
     warmup_steps: int = 20,
     grad_accum: int = 1,
     tokens_per_micro_batch: int = 32768,
@@ -150,7 +153,8 @@ def train(
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     args = TrainArgs(
         output_dir=output_dir, base=base, steps=steps, lr=lr, gate_lr_mult=gate_lr_mult, fifo_dropout=fifo_dropout,
-        chunk_end_share=chunk_end_share, warmup_steps=warmup_steps,
+        chunk_end_share=chunk_end_share, question_echo_share=question_echo_share,
+        warmup_steps=warmup_steps,
         grad_accum=grad_accum,
         tokens_per_micro_batch=tokens_per_micro_batch, sequences_per_micro_batch=sequences_per_micro_batch,
         curriculum=_curriculum(curriculum),

@@ -27,6 +27,7 @@ expect = playwright_api.expect
 
 from comet_agents.events import parse_jsonl  # noqa: E402
 from comet_agents.memory import ComeTMemory  # noqa: E402
+from comet_agents.modeling import ADAPTER_FILE, WEIGHTS_DIR  # noqa: E402
 from comet_demo.app import launch  # noqa: E402
 from comet_demo.backend import DemoBackend, kv_cache_bytes  # noqa: E402
 from tiny import tiny_chat_model  # noqa: E402
@@ -369,7 +370,10 @@ def test_comet_agents_demo_command_serves_the_page(browser, tmp_path):
         header = page.locator("#header")
         expect(header).to_contain_text("comet-agents", timeout=WAIT)
         expect(header).to_contain_text("SmolLM2", timeout=600_000)  # the background load finished
-        expect(header).to_contain_text("Untrained adapter")
+        if (WEIGHTS_DIR / ADAPTER_FILE).exists():  # the shipped adapter loaded: no warning
+            expect(header).not_to_contain_text("Untrained adapter")
+        else:
+            expect(header).to_contain_text("Untrained adapter")
         expect(page.locator('#panel [data-stat="state_bytes"]')).to_be_attached(timeout=WAIT)
         page.close()
         assert hosts == {"127.0.0.1"}, hosts

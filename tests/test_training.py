@@ -358,7 +358,8 @@ def test_open_chunk_tails_cover_short_ones_as_at_recall_time() -> None:
         return samples[-1]
 
     args = TrainArgs(output_dir="unused", families={"passkey": 1.0}, curriculum=[(10**9, 2)],
-                     sequences_per_micro_batch=8, smoke=True, chunk_end_share=0.0)  # tails only, no front cuts
+                     sequences_per_micro_batch=8, smoke=True, chunk_end_share=0.0,
+                     question_echo_share=0.0)  # tails only: no front cuts, no echoed questions
     source = SampleSource(args, tok, 64, generate=recording)
     examples = [ex for step in range(8) for ex in source.micro_batch(step, 0)]
     assert {ex.num_chunks for ex in examples} == {3}
@@ -466,7 +467,8 @@ def test_chunk_end_share_moves_keys_to_chunk_ends() -> None:
 
     def offsets(share: float) -> list[int]:
         args = TrainArgs(output_dir="unused", families={"passkey_memory": 1.0}, curriculum=[(10**9, 3)],
-                         sequences_per_micro_batch=8, smoke=True, chunk_end_share=share)
+                         sequences_per_micro_batch=8, smoke=True, chunk_end_share=share,
+                         question_echo_share=0.0)  # a 30-character echo would overflow 64-token chunks
         source = SampleSource(args, tok, 64)
         out = []
         for step in range(3):
@@ -480,6 +482,49 @@ def test_chunk_end_share_moves_keys_to_chunk_ends() -> None:
     assert sum(o >= 60 for o in kept) <= 0.25 * len(kept), sorted(kept)
     with pytest.raises(ValueError, match="chunk_end_share"):
         TrainArgs(output_dir="unused", chunk_end_share=-0.1)
+
+
+def test_question_echo_ends_the_stream_with_the_users_question() -> None:
+    """``echo`` appends the first question, rendered as the user's chat message, to the stream after its cuts:
+    the closed chunks stay as they were, the echo is read but never supervised, and the question then follows
+    in the chat template as usual. ``question_echo_share`` 1 echoes every draw, 0 none."""
+    from comet_agents.engine import chat_question, encode_text
+    from comet_agents.training.data import passkey
+    from comet_agents.training.examples import encode_sample
+    from comet_agents.training.trainer import SampleSource
+
+    from tiny import tiny_tokenizer
+
+    tok = tiny_tokenizer()  # one token per character
+    count = lambda s: len(tok(s)["input_ids"])  # noqa: E731
+    sample = passkey.generate(3, 300, count, depth=0.3)
+    question = sample.qa[0].question
+    echo = f"[user] {question}\n"
+    plain = encode_sample(sample, tok, 64, tail=5)
+    echoed = encode_sample(sample, tok, 64, tail=5, echo=True)
+    assert echoed.chunk_texts[:-1] == plain.chunk_texts[:-1] and echoed.key_age == plain.key_age
+    open_text = tok.decode(echoed.chunk_texts[-1])
+    head = open_text.split(chat_question(tok, question))[0]
+    assert head.endswith("\n" + echo) and head.count(echo) == 1
+    assert tok.decode(plain.chunk_texts[-1]).split(chat_question(tok, question))[0] + "\n" + echo == head
+    n_echo = len(encode_text(tok, "\n" + echo))
+    start = len(tok.decode(plain.chunk_texts[-1]).split(chat_question(tok, question))[0])
+    assert all(w == 0.0 for w in echoed.chunk_weights[-1][: start + n_echo])
+    assert sum(echoed.chunk_weights[-1]) == sum(plain.chunk_weights[-1]) > 0
+
+    def echoes(share: float) -> int:
+        args = TrainArgs(output_dir="unused", families={"passkey": 1.0}, curriculum=[(10**9, 2)],
+                         sequences_per_micro_batch=8, smoke=True, chunk_end_share=0.0, question_echo_share=share)
+        source = SampleSource(args, tok, 64)
+        found = 0
+        for ex in source.micro_batch(0, 0):
+            assert ex.num_chunks == 3
+            found += "\n[user] " in tok.decode(ex.chunk_texts[-1])
+        return found
+
+    assert echoes(1.0) == 8 and echoes(0.0) == 0
+    with pytest.raises(ValueError, match="question_echo_share"):
+        TrainArgs(output_dir="unused", question_echo_share=1.5)
 
 
 def _first_answer_offset(tok, ex) -> int:

@@ -17,6 +17,7 @@ import torch
 
 from ..config import CometConfig
 from ..engine import chat_question, encode_text, token_index_at
+from ..events import render
 from ..layout import LayoutBatch, SpecialIds, key_age, layout_labels, pad_layouts, sequence_layouts, shift_labels
 from ..modeling import CometModel
 
@@ -128,14 +129,32 @@ def chunk_end_cut(sample: Any, stream: list[int], tokenizer: Any, chunk_size: in
     return None
 
 
+def echo_question(tokenizer: Any, stream: list[int], question: str) -> list[int]:
+    """The tokens of ``question`` as the user's chat message (``[user] <question>``, rendered by
+    :mod:`comet_agents.events`), on a line of its own, to append to ``stream``.
+
+    A memory middleware absorbs the user's request before it asks memory about it, so at run time the question
+    often stands at the end of the stream, in the open chunk, right before the same question in the chat
+    template. A model that never saw that during training copies the echo as its answer (docs/training.md,
+    steps 3,184-3,293).
+    """
+    text = render({"type": "message", "role": "user", "content": question})
+    if stream and not tokenizer.decode(stream[-1:]).endswith("\n"):
+        text = "\n" + text
+    return encode_text(tokenizer, text)
+
+
 def encode_sample(sample: Any, tokenizer: Any, chunk_size: int, *, lm_weight: float = 0.0,
-                  tail: int | None = None, chunk_end: tuple[int, int] | None = None) -> TrainingExample:
+                  tail: int | None = None, chunk_end: tuple[int, int] | None = None,
+                  echo: bool = False) -> TrainingExample:
     """Tokenise a :class:`~comet_agents.training.data.common.Sample` into a chunk plan with labels.
 
     ``tail``: cut the stream to this many tokens past its last full chunk where :func:`trim_tail` allows it.
     ``chunk_end`` = (closed chunks, from_end): instead cut the stream to ``closed`` chunks plus ``tail`` tokens
     so that the first answer starts ``from_end`` tokens before the end of a closed chunk
     (:func:`chunk_end_cut`), where that is possible; else as ``tail`` alone.
+    ``echo``: after the cuts, end the stream with the first question as the user's message
+    (:func:`echo_question`).
     """
     full = encode_text(tokenizer, sample.stream)
     stream, start = full, 0
@@ -147,6 +166,8 @@ def encode_sample(sample: Any, tokenizer: Any, chunk_size: int, *, lm_weight: fl
             stream, start = cut
     if tail is not None and stream is full:
         stream = trim_tail(sample, stream, tokenizer, chunk_size, tail)
+    if echo and sample.qa:
+        stream = stream + echo_question(tokenizer, stream, sample.qa[0].question)
     qa_ids: list[int] = []
     qa_sup: list[bool] = []
     for text, sup in qa_pieces(tokenizer, sample.qa):

@@ -64,6 +64,10 @@ class TrainArgs:
     # at step 2,945, earlier ones 43 of 50 (docs/training.md). Uniform depths put 5 % of first answers there, this
     # share 17-24 % (``tools/tail_stats.py``: about half the draws can be cut so, the others are drawn as usual).
     chunk_end_share: float = 0.35
+    # Share of sequences whose stream ends with the first question as the user's message, as a memory middleware
+    # absorbs a request before asking memory about it; without such draws the step-3,293 model answered with the
+    # echoed question instead of the fact (docs/training.md, steps 3,184-3,293).
+    question_echo_share: float = 0.15
     warmup_steps: int = 20
     weight_decay: float = 0.0
     grad_clip: float = 1.0
@@ -89,6 +93,8 @@ class TrainArgs:
             raise ValueError(f"fifo_dropout must be in [0, 1], got {self.fifo_dropout}")
         if not 0.0 <= self.chunk_end_share <= 1.0:
             raise ValueError(f"chunk_end_share must be in [0, 1], got {self.chunk_end_share}")
+        if not 0.0 <= self.question_echo_share <= 1.0:
+            raise ValueError(f"question_echo_share must be in [0, 1], got {self.question_echo_share}")
         if self.tokens_per_micro_batch < 1 or self.sequences_per_micro_batch < 0:
             raise ValueError(f"tokens_per_micro_batch must be >= 1 and sequences_per_micro_batch >= 0, got "
                              f"{self.tokens_per_micro_batch} and {self.sequences_per_micro_batch}")
@@ -166,6 +172,7 @@ class SampleSource:
             # chunk closed) come from cutting the stream (examples.trim_tail, from step 2,831 on).
             tail = rng.randint(0, C - C // 8)
             seed = rng.randrange(2**31)
+            echo = bool(args.question_echo_share) and rng.random() < args.question_echo_share  # share 0: as before
             ex = None
             if args.chunk_end_share and rng.random() < args.chunk_end_share:  # share 0: the draws of before
                 # A chunk longer, then cut from the front so that the first answer ends a closed chunk (from
@@ -173,10 +180,10 @@ class SampleSource:
                 from_end = rng.randint(1, max(1, C // 16))
                 sample = self.generate(seed, (n + 1) * C + tail, args.families, self.count)
                 ex = encode_sample(sample, self.tokenizer, C, lm_weight=args.lm_weight, tail=tail,
-                                   chunk_end=(n, from_end))
+                                   chunk_end=(n, from_end), echo=echo)
             if ex is None or ex.num_chunks != n + 1:
                 sample = self.generate(seed, n * C + tail, args.families, self.count)
-                ex = encode_sample(sample, self.tokenizer, C, lm_weight=args.lm_weight, tail=tail)
+                ex = encode_sample(sample, self.tokenizer, C, lm_weight=args.lm_weight, tail=tail, echo=echo)
             if ex.num_chunks == n + 1:
                 out.append(ex)
         return out
