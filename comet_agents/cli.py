@@ -196,7 +196,7 @@ def eval_passkey(
         try:
             grid_heatmap(rows, p / "passkey_heatmap.png")
         except ImportError:
-            typer.echo("matplotlib is not installed: no heat-map written")
+            typer.echo("matplotlib is not installed: no heat-map written (pip install 'comet-agents[eval]')")
 
 
 def _names(text: str, known: tuple[str, ...], what: str) -> list[str]:
@@ -260,6 +260,30 @@ def eval_qa(
                 "native_window": native_window(engine), "seconds": {"wall": wall, **timings}}
         (p / "qa_rows.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
         (p / "qa_table.md").write_text(table + "\n")
+
+
+@eval_app.command("heatmap")
+def eval_heatmap(
+    rows: Annotated[Path, typer.Argument(help="passkey_rows.json written by `comet-agents eval passkey --out`.")],
+    out: Annotated[Path, typer.Option(help="PNG file to write.")],
+    title: str = "pass key retrieval",
+) -> None:
+    """Draw the heat-map PNG of a saved pass-key grid (for grids run where matplotlib is not installed)."""
+    from .evaluation import grid_heatmap
+
+    try:
+        data = json.loads(rows.read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise typer.BadParameter(f"cannot read grid rows from {rows}: {error}") from error
+    if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
+        raise typer.BadParameter(f"{rows} does not hold a list of grid rows")
+    try:
+        grid_heatmap(data, out, title=title)
+    except ImportError as error:
+        raise typer.BadParameter("matplotlib is not installed: pip install 'comet-agents[eval]'") from error
+    except ValueError as error:
+        raise typer.BadParameter(f"{rows}: {error}") from error
+    typer.echo(f"wrote {out}")
 
 
 @eval_app.command("preserve")

@@ -149,7 +149,10 @@ def grid_markdown(rows: Sequence[dict[str, Any]]) -> str:
 
 
 def grid_heatmap(rows: Sequence[dict[str, Any]], path: str | Path, title: str = "pass key retrieval") -> Path:
-    """Write a heat-map PNG (needs matplotlib)."""
+    """Write a heat-map PNG of accuracy per (depth, length) cell (needs matplotlib: ``pip install
+    comet-agents[eval]``). Rows are those of :func:`passkey_grid` or a saved ``passkey_rows.json``."""
+    if not rows or any(not {"length", "depth", "correct"} <= r.keys() for r in rows):
+        raise ValueError("grid rows need 'length', 'depth' and 'correct' (rows of comet-agents eval passkey)")
     import matplotlib
 
     matplotlib.use("Agg")
@@ -161,7 +164,7 @@ def grid_heatmap(rows: Sequence[dict[str, Any]], path: str | Path, title: str = 
              / max(1, sum(1 for r in rows if r["length"] == n and r["depth"] == d)) for n in lengths] for d in depths]
     fig, ax = plt.subplots(figsize=(1.2 + 0.9 * len(lengths), 1.2 + 0.45 * len(depths)))
     im = ax.imshow(grid, vmin=0, vmax=100, cmap="RdYlGn", aspect="auto")
-    ax.set_xticks(range(len(lengths)), [f"{n // 1000}k" if n < 10**6 else f"{n / 1e6:g}M" for n in lengths])
+    ax.set_xticks(range(len(lengths)), [_length_label(n) for n in lengths])
     ax.set_yticks(range(len(depths)), [f"{d:.0%}" for d in depths])
     ax.set_xlabel("stream length (tokens)")
     ax.set_ylabel("needle depth")

@@ -331,3 +331,33 @@ def test_grid_markdown_splits_closed_chunk_keys_by_where_they_start_in_their_chu
             in grid_markdown(rows))
     assert "where the key starts" not in grid_markdown([{k: v for k, v in r.items() if k != "key_offset"}
                                                         for r in rows])
+
+
+def test_heatmap_command_draws_a_saved_grid_and_names_bad_input(tmp_path) -> None:
+    """`comet-agents eval heatmap` turns saved grid rows (from a machine without matplotlib) into a PNG whose
+    cells are the grid's accuracies; unreadable files and rows that are not grid rows get a clear error."""
+    pytest.importorskip("matplotlib")
+    from PIL import Image
+
+    from comet_agents.cli import app
+
+    rows = [{"length": n, "depth": d, "correct": ok} for n, d, ok in
+            [(1500, 0.0, True), (1500, 1.0, True), (4096, 0.0, False), (4096, 1.0, True)]]
+    src = tmp_path / "passkey_rows.json"
+    src.write_text(json.dumps(rows))
+    runner = CliRunner()
+    out = tmp_path / "grid.png"
+    result = runner.invoke(app, ["eval", "heatmap", str(src), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    with Image.open(out) as img:
+        assert img.format == "PNG" and img.width > 100 and img.height > 100
+        colours = {img.convert("RGB").getpixel((x, y)) for x in range(0, img.width, 7) for y in range(0, img.height, 7)}
+    assert len(colours) > 10  # drawn cells, labels and a colour bar, not a blank canvas
+
+    (tmp_path / "bad.json").write_text(json.dumps([{"length": 1500}]))
+    (tmp_path / "dict.json").write_text(json.dumps({"rows": rows}))
+    for name, message in [("bad.json", "need 'length', 'depth' and 'correct'"), ("dict.json", "list of grid rows"),
+                          ("absent.json", "cannot read grid rows")]:
+        result = runner.invoke(app, ["eval", "heatmap", str(tmp_path / name), "--out", str(tmp_path / "x.png")])
+        assert result.exit_code != 0 and message in result.output, result.output
+    assert not (tmp_path / "x.png").exists()
