@@ -124,6 +124,9 @@ def train(
     question_echo_share: Annotated[float, typer.Option(
         help="Share of training sequences whose stream ends with the question as the user's message, as when a "
              "middleware absorbs the request before asking memory.")] = 0.15,
+    short_tail_share: Annotated[float, typer.Option(
+        help="Share of training sequences that leave at most 31 stream tokens in the open chunk, as right after "
+             "a chunk closed.")] = 0.2,
     warmup_steps: int = 20,
     grad_accum: int = 1,
     tokens_per_micro_batch: int = 32768,
@@ -154,6 +157,7 @@ def train(
     args = TrainArgs(
         output_dir=output_dir, base=base, steps=steps, lr=lr, gate_lr_mult=gate_lr_mult, fifo_dropout=fifo_dropout,
         chunk_end_share=chunk_end_share, question_echo_share=question_echo_share,
+        short_tail_share=short_tail_share,
         warmup_steps=warmup_steps,
         grad_accum=grad_accum,
         tokens_per_micro_batch=tokens_per_micro_batch, sequences_per_micro_batch=sequences_per_micro_batch,

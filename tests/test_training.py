@@ -527,6 +527,43 @@ def test_question_echo_ends_the_stream_with_the_users_question() -> None:
         TrainArgs(output_dir="unused", question_echo_share=1.5)
 
 
+def test_short_tail_share_leaves_few_stream_tokens_in_the_open_chunk() -> None:
+    """With ``short_tail_share`` 1 every pass-key sequence keeps at most SHORT_TAIL stream tokens in its open
+    chunk (a recall right after a chunk closed) and its chunk count; with share 0 the uniform draw rarely does."""
+    from comet_agents.engine import chat_question
+    from comet_agents.training.trainer import SHORT_TAIL, SampleSource
+
+    from tiny import tiny_tokenizer
+
+    tok = tiny_tokenizer()  # one token per character
+    template_start = chat_question(tok, "Q?").split("Q?")[0]
+
+    def tails(share: float) -> list[int]:
+        args = TrainArgs(output_dir="unused", families={"passkey": 1.0}, curriculum=[(10**9, 2)],
+                         sequences_per_micro_batch=8, smoke=True, chunk_end_share=0.0, question_echo_share=0.0,
+                         short_tail_share=share)
+        source = SampleSource(args, tok, 512)
+        out = []
+        for step in range(3):
+            for ex in source.micro_batch(step, 0):
+                assert ex.num_chunks == 3
+                open_text = tok.decode(ex.chunk_texts[-1])
+                assert template_start in open_text
+                tail = open_text.split(template_start)[0]
+                answer = tok.decode([lab for lab in ex.chunk_labels[-1] if lab != -100], skip_special_tokens=True)
+                out.append((len(tail), answer in tail))
+        return out
+
+    short, uniform = tails(1.0), tails(0.0)
+    # Longer only where a shorter cut would have dropped the key (the needle ends the stream).
+    assert all(n <= SHORT_TAIL or key_in_tail for n, key_in_tail in short), sorted(short)
+    assert sum(n <= SHORT_TAIL for n, _ in short) >= 0.75 * len(short)
+    uniform = [n for n, _ in uniform]
+    assert sum(t <= SHORT_TAIL for t in uniform) <= 0.25 * len(uniform), sorted(uniform)
+    with pytest.raises(ValueError, match="short_tail_share"):
+        TrainArgs(output_dir="unused", short_tail_share=2.0)
+
+
 def _first_answer_offset(tok, ex) -> int:
     """Offset inside its chunk of the first occurrence of the example's first answer (the supervised tokens up
     to the end-of-turn token), for a one-token-per-character tokenizer."""

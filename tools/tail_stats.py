@@ -41,13 +41,18 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=12, help="micro-batches of 16 pass-key sequences to measure")
     ap.add_argument("--chunk-end-share", type=float, default=TrainArgs.chunk_end_share,
                     help="the trainer's share of sequences cut so that their first answer ends a closed chunk")
+    ap.add_argument("--short-tail-share", type=float, default=TrainArgs.short_tail_share,
+                    help="the trainer's share of sequences that keep at most SHORT_TAIL stream tokens in the open chunk")
+    ap.add_argument("--question-echo-share", type=float, default=TrainArgs.question_echo_share,
+                    help="the trainer's share of streams that end with the question as the user's message")
     ap.add_argument("--cut-samples", type=int, default=10, help="samples per family for the cut rates")
     a = ap.parse_args()
     tok = CometModel.from_pretrained(a.model).tokenizer
     C = 1024
     args = TrainArgs(output_dir="unused", families={"passkey_memory": 0.5, "passkey": 0.3, "passkey_multi": 0.2},
                      curriculum=[(10**9, a.closed)], sequences_per_micro_batch=16,
-                     chunk_end_share=a.chunk_end_share)
+                     chunk_end_share=a.chunk_end_share, short_tail_share=a.short_tail_share,
+                     question_echo_share=a.question_echo_share)
     source = SampleSource(args, tok, C)
     lengths = [len(ex.chunk_texts[-1]) for step in range(a.steps) for ex in source.micro_batch(step, 0)]
     hist = sorted(collections.Counter(n // 64 * 64 for n in lengths).items())
