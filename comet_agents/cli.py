@@ -21,15 +21,28 @@ app.add_typer(bench_app, name="bench")
 
 ModelOpt = Annotated[str, typer.Option("--model", "-m", help="'default', an adapter directory, or a base model.")]
 DeviceOpt = Annotated[Optional[str], typer.Option(help="cpu, cuda, cuda:1 ... (default: cuda if available).")]
+DtypeOpt = Annotated[str, typer.Option(
+    help="auto (bfloat16 on a GPU, float32 on the CPU), float32, bfloat16 or float16: weights and memory states.")]
+DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
-def _load(model: str, device: str | None, config_json: str | None = None):
+def _dtype(name: str):
+    """The torch dtype named on the command line; None for auto (the model's default for its device)."""
+    import torch
+
+    if name not in DTYPES:
+        raise typer.BadParameter(f"--dtype must be one of {', '.join(DTYPES)}, got {name!r}")
+    return None if name == "auto" else getattr(torch, name)
+
+
+def _load(model: str, device: str | None, config_json: str | None = None, dtype: str = "auto"):
     from .config import CometConfig
     from .engine import MemoryEngine
     from .modeling import CometModel
 
+    torch_dtype = _dtype(dtype)
     cfg = CometConfig.from_dict(json.loads(config_json)) if config_json else None
-    return MemoryEngine(CometModel.from_pretrained(model, config=cfg, device=device).eval())
+    return MemoryEngine(CometModel.from_pretrained(model, config=cfg, device=device, dtype=torch_dtype).eval())
 
 
 def _ints(text: str) -> list[int]:
@@ -71,7 +84,7 @@ def passkey(
     from .evaluation import QUESTION, passkey_case
 
     t_load = time.perf_counter()
-    engine = _load(model, device)
+    engine = _load(model, device, dtype=dtype)
     t_load = time.perf_counter() - t_load
     key = key or str(random.Random().randrange(10000, 99999))
     ids = passkey_case(engine, tokens, depth, key, filler=filler)
@@ -180,18 +193,20 @@ def eval_passkey(
     filler: str = "classic",
     model: ModelOpt = "default",
     device: DeviceOpt = None,
+    dtype: DtypeOpt = "auto",
     out: Annotated[Optional[str], typer.Option(help="Write rows (JSON), table (.md) and heat-map (.png) here.")] = None,
 ) -> None:
     """Pass-key retrieval grid: lengths x depths."""
     from .evaluation import grid_heatmap, grid_markdown, passkey_grid
 
-    engine = _load(model, device)
+    engine = _load(model, device, dtype=dtype)
     depth_list = [i / (depths - 1) for i in range(depths)] if depths > 1 else [0.5]
     t0 = time.perf_counter()
     rows = passkey_grid(engine, _ints(lengths), depth_list, trials=trials, seed=seed, filler=filler, log=typer.echo)
     table = grid_markdown(rows)
     typer.echo(table)
-    typer.echo(f"{len(rows)} cases in {time.perf_counter() - t0:.0f} s on {engine.model.device}")
+    typer.echo(f"{len(rows)} cases in {time.perf_counter() - t0:.0f} s on {engine.model.device} "
+               f"({str(engine.model.dtype).removeprefix('torch.')})")
     if out:
         p = Path(out)
         p.mkdir(parents=True, exist_ok=True)
@@ -228,6 +243,7 @@ def eval_qa(
                                                        "(default: m + fifo + chunk_size of the config).")] = None,
     model: ModelOpt = "default",
     device: DeviceOpt = None,
+    dtype: DtypeOpt = "auto",
     out: Annotated[Optional[str], typer.Option(help="Write qa_rows.json and qa_table.md here.")] = None,
     verbose: Annotated[bool, typer.Option(help="Print every answer.")] = False,
 ) -> None:
@@ -241,7 +257,7 @@ def eval_qa(
     if items < 1 or any(n < 1 for n in length_list) or max_new_tokens < 1:
         raise typer.BadParameter("--items, --lengths and --max-new-tokens must be >= 1")
     t_load = time.perf_counter()
-    engine = _load(model, device)
+    engine = _load(model, device, dtype=dtype)
     t_load = time.perf_counter() - t_load
     used_budget = budget if budget is not None else truncation_budget(engine.config)
     timings: dict[str, float] = {}
@@ -258,7 +274,8 @@ def eval_qa(
         p = Path(out)
         p.mkdir(parents=True, exist_ok=True)
         meta = {"model": model, "adapter_fingerprint": engine.model.adapter_fingerprint,
-                "device": str(engine.model.device), "families": fam_list, "lengths": length_list, "items": items,
+                "device": str(engine.model.device), "dtype": str(engine.model.dtype).removeprefix("torch."),
+                "families": fam_list, "lengths": length_list, "items": items,
                 "seed": seed, "systems": sys_list,
                 "max_new_tokens": max_new_tokens, "qa_per_stream": qa_per_stream, "truncation_budget": used_budget,
                 "native_window": native_window(engine), "seconds": {"wall": wall, **timings}}
@@ -296,6 +313,7 @@ def eval_preserve(
     max_new_tokens: Annotated[int, typer.Option(help="Greedy answer length limit.")] = 40,
     model: ModelOpt = "default",
     device: DeviceOpt = None,
+    dtype: DtypeOpt = "auto",
     out: Annotated[Optional[str], typer.Option(help="Write preserve_rows.json and preserve_table.md here.")] = None,
     verbose: Annotated[bool, typer.Option(help="Print every pair of answers.")] = False,
 ) -> None:
@@ -304,7 +322,7 @@ def eval_preserve(
 
     if limit is not None and limit < 1:
         raise typer.BadParameter("--limit must be >= 1")
-    engine = _load(model, device)
+    engine = _load(model, device, dtype=dtype)
     t0 = time.perf_counter()
     result = base_preservation(engine, SHORT_INSTRUCTIONS[:limit], max_new_tokens=max_new_tokens,
                                log=typer.echo if verbose else None)

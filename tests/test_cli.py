@@ -41,3 +41,18 @@ def test_bad_arguments_are_refused() -> None:
     assert result.exit_code != 0 and "--tokens must be >= 1" in result.output
     result = runner.invoke(app, ["passkey", "--depth", "1.5"])
     assert result.exit_code != 0 and "--depth must be between 0 and 1" in result.output
+
+
+def test_eval_dtype_is_checked_before_any_model_loads() -> None:
+    """``--dtype`` names the weights' and states' dtype (auto: the device's default); an unknown name is refused
+    with the choices, before a model is loaded."""
+    import torch
+
+    from comet_agents.cli import _dtype
+
+    assert _dtype("auto") is None
+    assert _dtype("float32") is torch.float32 and _dtype("bfloat16") is torch.bfloat16
+    for command in (["eval", "passkey"], ["eval", "qa"], ["eval", "preserve"]):
+        result = runner.invoke(app, [*command, "--dtype", "fp8", "--model", "/nonexistent", "--device", "cpu"])
+        assert result.exit_code != 0
+        assert "--dtype must be one of auto, float32, bfloat16, float16" in result.output, result.output
