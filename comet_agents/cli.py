@@ -84,7 +84,7 @@ def passkey(
     from .evaluation import QUESTION, passkey_case
 
     t_load = time.perf_counter()
-    engine = _load(model, device, dtype=dtype)
+    engine = _load(model, device)
     t_load = time.perf_counter() - t_load
     key = key or str(random.Random().randrange(10000, 99999))
     ids = passkey_case(engine, tokens, depth, key, filler=filler)

@@ -249,7 +249,7 @@ def test_base_preservation_on_three_instructions(engine) -> None:
 def test_cli_eval_qa_and_preserve(engine, monkeypatch, tmp_path) -> None:
     from comet_agents import cli
 
-    monkeypatch.setattr(cli, "_load", lambda model, device, config_json=None: engine)  # one model load per file
+    monkeypatch.setattr(cli, "_load", lambda model, device, config_json=None, dtype="auto": engine)  # one model load per file
     runner = CliRunner()
     out = tmp_path / "qa"
     result = runner.invoke(cli.app, ["eval", "qa", "--families", "conversation", "--lengths", "0.25k", "--items", "1",
