@@ -195,14 +195,28 @@ def eval_passkey(
     device: DeviceOpt = None,
     dtype: DtypeOpt = "auto",
     out: Annotated[Optional[str], typer.Option(help="Write rows (JSON), table (.md) and heat-map (.png) here.")] = None,
+    resume_dir: Annotated[Optional[Path], typer.Option(
+        help="Save progress here at --max-minutes and resume from it: for haystacks longer than one run.")] = None,
+    max_minutes: Annotated[Optional[float], typer.Option(
+        help="With --resume-dir: stop absorbing after this long, save, and exit with code 3.")] = None,
 ) -> None:
     """Pass-key retrieval grid: lengths x depths."""
-    from .evaluation import grid_heatmap, grid_markdown, passkey_grid
+    from .evaluation import GridInterrupted, grid_heatmap, grid_markdown, passkey_grid
 
+    if max_minutes is not None and (resume_dir is None or max_minutes <= 0):
+        raise typer.BadParameter("--max-minutes needs --resume-dir and must be > 0")
     engine = _load(model, device, dtype=dtype)
     depth_list = [i / (depths - 1) for i in range(depths)] if depths > 1 else [0.5]
     t0 = time.perf_counter()
-    rows = passkey_grid(engine, _ints(lengths), depth_list, trials=trials, seed=seed, filler=filler, log=typer.echo)
+    deadline = time.monotonic() + 60 * max_minutes if max_minutes is not None else None
+    try:
+        rows = passkey_grid(engine, _ints(lengths), depth_list, trials=trials, seed=seed, filler=filler,
+                            log=typer.echo, resume_dir=resume_dir, deadline=deadline)
+    except GridInterrupted as stop:
+        typer.echo(f"{stop}; run the same command again to continue")
+        raise typer.Exit(3) from None
+    except ValueError as error:
+        raise typer.BadParameter(str(error)) from error
     table = grid_markdown(rows)
     typer.echo(table)
     typer.echo(f"{len(rows)} cases in {time.perf_counter() - t0:.0f} s on {engine.model.device} "

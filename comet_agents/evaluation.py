@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import itertools
+import json
 import random
 import re
 import string
@@ -74,6 +75,11 @@ def grid_cases(
                 yield length, depth, trial, key, toks, key_at
 
 
+class GridInterrupted(RuntimeError):
+    """:func:`passkey_grid` reached its ``deadline``: its progress is saved in ``resume_dir``; the same call
+    again continues from there."""
+
+
 def passkey_grid(
     engine: MemoryEngine,
     lengths: Sequence[int],
@@ -84,17 +90,52 @@ def passkey_grid(
     filler: str = "classic",
     question: str = QUESTION,
     log: Callable[[str], None] | None = None,
+    resume_dir: str | Path | None = None,
+    deadline: float | None = None,
+    slice_tokens: int = 1 << 18,
 ) -> list[dict[str, Any]]:
     """Run the grid; one row per (length, depth, trial) with the key, the answer and correctness, where the key
     sat (``key_age`` closed chunks back, ``memory`` tier, ``key_offset`` tokens into its chunk) and the stream's
-    ``tail`` left in the open chunk."""
+    ``tail`` left in the open chunk.
+
+    Streams longer than one machine session allows (4M, 10M tokens) are run in several: with ``resume_dir``
+    and a ``deadline`` (a :func:`time.monotonic` value), the haystacks are absorbed ``slice_tokens`` at a time,
+    and at the deadline every state in progress is saved there (safetensors) with the rows of the lengths
+    already done, and :class:`GridInterrupted` is raised. The same call again resumes where it stopped and
+    returns the same rows as a run without a break.
+    """
+    if slice_tokens < 1:
+        raise ValueError(f"slice_tokens must be >= 1, got {slice_tokens}")
+    if deadline is not None and resume_dir is None:
+        raise ValueError("a deadline needs a resume_dir to save progress in")
     C = engine.config.chunk_size
     rows: list[dict[str, Any]] = []
+    saved = _GridProgress(resume_dir, engine, lengths, depths, trials, seed, filler) if resume_dir else None
+    done = saved.done_lengths() if saved else {}
     cases = grid_cases(engine, lengths, depths, trials=trials, seed=seed, filler=filler)
     for length, group in itertools.groupby(cases, key=lambda c: c[0]):  # one length's haystacks in memory at once
+        if length in done:
+            rows.extend(done[length])
+            continue
         batch = list(group)
-        states = [engine.new_state() for _ in batch]
-        engine.absorb_many(states, [c[4] for c in batch])
+        states = [saved.state(c) if saved else None for c in batch]
+        states = [st if st is not None else engine.new_state() for st in states]
+        while True:
+            fed = [int(st.tokens_absorbed) + len(st.pending[0]) for st in states]
+            todo = [i for i, c in enumerate(batch) if fed[i] < len(c[4])]
+            if not todo:
+                break
+            engine.absorb_many([states[i] for i in todo],
+                               [batch[i][4][fed[i] : fed[i] + slice_tokens] for i in todo])
+            left = any(int(st.tokens_absorbed) + len(st.pending[0]) < len(c[4]) for st, c in zip(states, batch))
+            if left and deadline is not None and time.monotonic() >= deadline:  # each call absorbs a slice first
+                assert saved is not None
+                saved.save_states(batch, states)
+                fed_now = sum(int(st.tokens_absorbed) + len(st.pending[0]) for st in states)
+                total = sum(len(c[4]) for c in batch)
+                raise GridInterrupted(f"stopped at the deadline: {fed_now:,} of {total:,} tokens of the "
+                                      f"{length:,}-token haystacks absorbed; progress saved in {saved.dir}")
+        group_rows = []
         for (_, depth, trial, key, toks, key_at), state in zip(batch, states):
             tail = len(state.pending[0])
             answer = engine.recall(state, question, max_new_tokens=16)
@@ -102,11 +143,76 @@ def passkey_grid(
             row = {"length": length, "tokens": len(toks), "depth": depth, "trial": trial, "key": key,
                    "key_age": age, "memory": engine.config.memory_tier(age), "key_offset": key_at % C,
                    "chunk_size": C, "tail": tail, "answer": answer, "correct": key in answer}
-            rows.append(row)
+            group_rows.append(row)
             if log:
                 log(f"len={length} depth={depth:.2f} key={key} memory={row['memory']} answer={answer!r} "
                     f"{'OK' if row['correct'] else 'MISS'}")
+        rows.extend(group_rows)
+        if saved:
+            saved.finish_length(length, group_rows)
     return rows
+
+
+class _GridProgress:
+    """A resumable grid's directory: ``grid.json`` (the grid's arguments, the model's fingerprints and the rows
+    of finished lengths) and one ``<case>.safetensors`` memory state per haystack in progress."""
+
+    def __init__(self, directory: str | Path, engine: MemoryEngine, lengths: Sequence[int],
+                 depths: Sequence[float], trials: int, seed: int, filler: str) -> None:
+        self.dir = Path(directory)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.file = self.dir / "grid.json"
+        m = engine.model
+        self.identity = {"lengths": [int(n) for n in lengths], "depths": [float(d) for d in depths],
+                         "trials": trials, "seed": seed, "filler": filler,
+                         "config_fingerprint": m.config.fingerprint(), "base_fingerprint": m.base_fingerprint,
+                         "adapter_fingerprint": m.adapter_fingerprint}
+        self.data: dict[str, Any] = {"grid": self.identity, "done": {}}
+        if self.file.exists():
+            try:
+                data = json.loads(self.file.read_text())
+            except json.JSONDecodeError as error:
+                raise ValueError(f"{self.file} is not a grid progress file: {error}") from error
+            if data.get("grid") != self.identity:
+                raise ValueError(f"{self.dir} holds the progress of another grid or model; use an empty directory")
+            self.data = data
+        self.engine = engine
+
+    @staticmethod
+    def _name(case: tuple) -> str:
+        length, depth, trial, key = case[:4]
+        return f"len{length}-depth{depth:.4f}-trial{trial}-key{key}.safetensors"
+
+    def done_lengths(self) -> dict[int, list[dict[str, Any]]]:
+        return {int(k): v for k, v in self.data["done"].items()}
+
+    def state(self, case: tuple) -> Any:
+        from .state import MemoryState
+
+        path = self.dir / self._name(case)
+        if not path.exists():
+            return None
+        state = MemoryState.from_bytes(path.read_bytes(), device=self.engine.model.device)
+        return state.to(self.engine.model.device, self.engine.model.dtype)
+
+    def save_states(self, batch: Sequence[tuple], states: Sequence[Any]) -> None:
+        for case, state in zip(batch, states):
+            path = self.dir / self._name(case)
+            tmp = path.with_suffix(".tmp")
+            tmp.write_bytes(state.to_bytes())
+            tmp.replace(path)  # a break while writing leaves the previous state whole
+        self._write()
+
+    def finish_length(self, length: int, rows: list[dict[str, Any]]) -> None:
+        self.data["done"][str(length)] = rows
+        self._write()
+        for path in self.dir.glob(f"len{length}-*.safetensors"):
+            path.unlink()
+
+    def _write(self) -> None:
+        tmp = self.file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.data, indent=1))
+        tmp.replace(self.file)
 
 
 def grid_markdown(rows: Sequence[dict[str, Any]]) -> str:

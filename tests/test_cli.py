@@ -56,3 +56,5 @@ def test_eval_dtype_is_checked_before_any_model_loads() -> None:
         result = runner.invoke(app, [*command, "--dtype", "fp8", "--model", "/nonexistent", "--device", "cpu"])
         assert result.exit_code != 0
         assert "--dtype must be one of auto, float32, bfloat16, float16" in result.output, result.output
+    result = runner.invoke(app, ["eval", "passkey", "--max-minutes", "5", "--model", "/nonexistent"])
+    assert result.exit_code != 0 and "--max-minutes needs --resume-dir" in result.output, result.output

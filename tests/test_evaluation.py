@@ -361,3 +361,33 @@ def test_heatmap_command_draws_a_saved_grid_and_names_bad_input(tmp_path) -> Non
         result = runner.invoke(app, ["eval", "heatmap", str(tmp_path / name), "--out", str(tmp_path / "x.png")])
         assert result.exit_code != 0 and message in result.output, result.output
     assert not (tmp_path / "x.png").exists()
+
+
+def test_a_grid_stopped_at_its_deadline_resumes_to_the_same_rows(tmp_path) -> None:
+    """A grid run in several sittings (``resume_dir`` + ``deadline``: each sitting absorbs a slice, then saves
+    every state in progress as safetensors) returns exactly the rows of a run without a break, finished lengths
+    are not run again, and a directory holding another grid's progress is refused."""
+    from comet_agents.engine import MemoryEngine
+    from comet_agents.evaluation import GridInterrupted, passkey_grid
+
+    from tiny import tiny_chat_model
+
+    engine = MemoryEngine(tiny_chat_model(chunk_size=32))
+    expected = passkey_grid(engine, [150, 300], [0.0, 1.0], trials=1)
+    sittings = 0
+    while True:
+        sittings += 1
+        try:
+            rows = passkey_grid(engine, [150, 300], [0.0, 1.0], trials=1, resume_dir=tmp_path,
+                                deadline=0.0, slice_tokens=70)  # a deadline long past: one slice per sitting
+            break
+        except GridInterrupted as stop:
+            assert "progress saved in" in str(stop)
+            assert sittings < 20
+    assert rows == expected and sittings > 4
+    assert not list(tmp_path.glob("*.safetensors"))  # states go once their length is done
+    assert passkey_grid(engine, [150, 300], [0.0, 1.0], trials=1, resume_dir=tmp_path, deadline=0.0) == expected
+    with pytest.raises(ValueError, match="another grid"):
+        passkey_grid(engine, [150], [0.5], resume_dir=tmp_path)
+    with pytest.raises(ValueError, match="resume_dir"):
+        passkey_grid(engine, [150], [0.5], deadline=0.0)
