@@ -478,6 +478,19 @@ def native_window(engine: MemoryEngine) -> int:
 # ---- running the systems ------------------------------------------------------------------------------------------
 
 
+def fact_age(engine: MemoryEngine, stream: str, answer: str, num_tokens: int) -> int | None:
+    """How many closed chunks back the answer was last spelled out in ``stream`` (0: in the open chunk), as
+    :func:`~comet_agents.layout.key_age` counts for pass keys; None when the stream never spells it out (a count,
+    a derived answer). The most recent mention is the one memory holds best, so this says which tier had to
+    answer (:meth:`CometConfig.memory_tier`)."""
+    at = stream.rfind(answer) if answer else -1
+    if at < 0 and answer:
+        at = stream.casefold().rfind(answer.casefold())
+    if at < 0 or num_tokens < 1:
+        return None
+    return key_age(token_index_at(engine.tokenizer, stream, at, num_tokens), num_tokens, engine.config.chunk_size)
+
+
 def evaluate_items(
     engine: MemoryEngine,
     items: Sequence[QAItem],
@@ -519,10 +532,12 @@ def evaluate_items(
     for it in items:
         ids = streams[(it.family, it.length, it.sample_seed)]
         q_ids = engine.encode(chat_question(tok, it.question))
+        age = fact_age(engine, it.stream, it.answer, len(ids))
         rows.append({
             "family": it.family, "length": it.length, "item": it.item, "sample_seed": it.sample_seed,
             "qa_index": it.qa_index, "stream_tokens": len(ids), "question_tokens": len(q_ids),
             "question": it.question, "gold": it.answer,
+            "fact_age": age, "memory": None if age is None else engine.config.memory_tier(age),
             "prediction": {}, "correct": {}, "prompt_tokens": {},
         })
 
@@ -643,6 +658,16 @@ def qa_markdown(rows: Sequence[dict[str, Any]], *, budget: int | None = None, wi
         if len({r["family"] for r in at}) > 1:
             lines.append(line("**all**", length, at))
     notes = []
+    where = ""
+    judged = [r for r in rows if r["correct"].get("comet") is not None and "memory" in r]
+    if judged:
+        parts = []
+        for tier, label in (("open", "open chunk"), ("fifo", "FIFO"), ("global", "global memory only"),
+                            (None, "not spelled out")):
+            sel = [r["correct"]["comet"] for r in judged if r["memory"] == tier]
+            if sel:
+                parts.append(f"{label} {sum(sel)}/{len(sel)}")
+        where = "comet, by where the answer was last stated in the stream: " + ", ".join(parts) + "."
     if budget is not None and "truncation" in systems:
         notes.append(f"truncation: the base model reads the most recent {budget:,} stream tokens (CoMeT's answer-time "
                      "attention span, m + B + K + C) and the question")
@@ -652,6 +677,8 @@ def qa_markdown(rows: Sequence[dict[str, Any]], *, budget: int | None = None, wi
     if notes:
         lines.append("")
         lines.append("; ".join(notes) + ". Accuracy in % (gold answer contained in the normalized greedy answer).")
+    if where:
+        lines.extend(["", where])
     return "\n".join(lines)
 
 

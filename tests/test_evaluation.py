@@ -391,3 +391,34 @@ def test_a_grid_stopped_at_its_deadline_resumes_to_the_same_rows(tmp_path) -> No
         passkey_grid(engine, [150], [0.5], resume_dir=tmp_path)
     with pytest.raises(ValueError, match="resume_dir"):
         passkey_grid(engine, [150], [0.5], deadline=0.0)
+
+
+def test_qa_rows_say_where_the_answer_was_last_stated() -> None:
+    """Each QA row records how many closed chunks back the gold answer was last spelled out (its memory tier),
+    None for answers the stream never spells; the table splits CoMeT's accuracy by that tier."""
+    from comet_agents.engine import MemoryEngine
+    from comet_agents.evaluation import QAItem, evaluate_items, fact_age
+
+    from tiny import tiny_chat_model
+
+    engine = MemoryEngine(tiny_chat_model(chunk_size=32))
+    filler = "The sky is blue and the grass is green. " * 12
+    early = "The vault code is 4711. " + filler
+    late = filler + "The vault code is 4711."
+    n_early, n_late = len(engine.encode(early)), len(engine.encode(late))
+    age = fact_age(engine, early, "4711", n_early)
+    assert age is not None and age == n_early // 32  # in the first chunk, every closed chunk back
+    assert fact_age(engine, late, "4711", n_late) == 0  # in the open chunk
+    assert fact_age(engine, early, "Vault Code", n_early) is not None  # case-insensitive fallback
+    assert fact_age(engine, early, "3 times", n_early) is None  # a derived answer, never spelled out
+
+    items = [QAItem("agent_trajectory", 500, i, i, 0, stream, "What is the vault code?", gold)
+             for i, (stream, gold) in enumerate([(early, "4711"), (late, "4711"), (early, "3 times")])]
+    rows = evaluate_items(engine, items, systems=("comet",), max_new_tokens=4)
+    assert [r["memory"] for r in rows] == [engine.config.memory_tier(age), "open", None]
+    assert [r["fact_age"] for r in rows] == [age, 0, None]
+    table = qa_markdown(rows)
+    line = table.splitlines()[-1]
+    assert line.startswith("comet, by where the answer was last stated in the stream: ")
+    assert "open chunk " in line and "not spelled out " in line and "/1" in line
+    json.dumps(rows)
