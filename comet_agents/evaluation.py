@@ -22,7 +22,7 @@ import re
 import string
 import time
 import unicodedata
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -63,15 +63,20 @@ def grid_cases(
     trials: int = 1,
     seed: int = 0,
     filler: str = "classic",
+    skip: Collection[int] = (),
 ) -> Iterator[tuple[int, float, int, str, list[int], int]]:
     """The grid's haystacks, deterministic in ``seed``: (length, depth, trial, key, token ids, index of the key's
-    first token) for every cell, in :func:`passkey_grid`'s order. Tokenisation only, no model forward."""
+    first token) for every cell, in :func:`passkey_grid`'s order. Tokenisation only, no model forward. Lengths
+    in ``skip`` (done in an earlier sitting) are left out without being built; the others keep their keys."""
     rng = random.Random(seed)
     for length in lengths:
         for depth in depths:
             for trial in range(trials):
                 key = str(rng.randrange(10**4, 10**7))
-                toks, key_at = passkey_haystack(engine, length, depth, key, filler=filler, seed=rng.randrange(2**31))
+                haystack_seed = rng.randrange(2**31)
+                if length in skip:
+                    continue
+                toks, key_at = passkey_haystack(engine, length, depth, key, filler=filler, seed=haystack_seed)
                 yield length, depth, trial, key, toks, key_at
 
 
@@ -112,29 +117,30 @@ def passkey_grid(
     rows: list[dict[str, Any]] = []
     saved = _GridProgress(resume_dir, engine, lengths, depths, trials, seed, filler) if resume_dir else None
     done = saved.done_lengths() if saved else {}
-    cases = grid_cases(engine, lengths, depths, trials=trials, seed=seed, filler=filler)
-    for length, group in itertools.groupby(cases, key=lambda c: c[0]):  # one length's haystacks in memory at once
+    groups = itertools.groupby(grid_cases(engine, lengths, depths, trials=trials, seed=seed, filler=filler,
+                                          skip=done.keys()), key=lambda c: c[0])
+    for length, _ in itertools.groupby(lengths):  # one length's haystacks in memory at once
         if length in done:
             rows.extend(done[length])
             continue
-        batch = list(group)
+        batch = list(next(groups)[1])
         states = [saved.state(c) if saved else None for c in batch]
         states = [st if st is not None else engine.new_state() for st in states]
+        progressed = False  # each sitting absorbs at least one slice before it may stop
         while True:
-            fed = [int(st.tokens_absorbed) + len(st.pending[0]) for st in states]
+            fed = [int(st.tokens_absorbed) + len(st.pending[0]) for st in states]  # stream tokens taken in
             todo = [i for i, c in enumerate(batch) if fed[i] < len(c[4])]
             if not todo:
                 break
-            engine.absorb_many([states[i] for i in todo],
-                               [batch[i][4][fed[i] : fed[i] + slice_tokens] for i in todo])
-            left = any(int(st.tokens_absorbed) + len(st.pending[0]) < len(c[4]) for st, c in zip(states, batch))
-            if left and deadline is not None and time.monotonic() >= deadline:  # each call absorbs a slice first
+            if progressed and deadline is not None and time.monotonic() >= deadline:
                 assert saved is not None
                 saved.save_states(batch, states)
-                fed_now = sum(int(st.tokens_absorbed) + len(st.pending[0]) for st in states)
-                total = sum(len(c[4]) for c in batch)
-                raise GridInterrupted(f"stopped at the deadline: {fed_now:,} of {total:,} tokens of the "
-                                      f"{length:,}-token haystacks absorbed; progress saved in {saved.dir}")
+                raise GridInterrupted(f"stopped at the deadline: {sum(fed):,} of {sum(len(c[4]) for c in batch):,} "
+                                      f"tokens of the {length:,}-token haystacks absorbed; progress saved in "
+                                      f"{saved.dir}")
+            engine.absorb_many([states[i] for i in todo],
+                               [batch[i][4][fed[i] : fed[i] + slice_tokens] for i in todo])
+            progressed = True
         group_rows = []
         for (_, depth, trial, key, toks, key_at), state in zip(batch, states):
             tail = len(state.pending[0])

@@ -387,6 +387,12 @@ def test_a_grid_stopped_at_its_deadline_resumes_to_the_same_rows(tmp_path) -> No
     assert rows == expected and sittings > 4
     assert not list(tmp_path.glob("*.safetensors"))  # states go once their length is done
     assert passkey_grid(engine, [150, 300], [0.0, 1.0], trials=1, resume_dir=tmp_path, deadline=0.0) == expected
+    from comet_agents.evaluation import grid_cases
+
+    every = list(grid_cases(engine, [150, 300], [0.0, 1.0]))
+    later = list(grid_cases(engine, [150, 300], [0.0, 1.0], skip={150}))  # a finished length is not rebuilt
+    assert [c[:4] for c in later] == [c[:4] for c in every if c[0] == 300]
+    assert [c[4] for c in later] == [c[4] for c in every if c[0] == 300]
     with pytest.raises(ValueError, match="another grid"):
         passkey_grid(engine, [150], [0.5], resume_dir=tmp_path)
     with pytest.raises(ValueError, match="resume_dir"):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 from comet_agents.engine import MemoryEngine
 from comet_agents.evaluation import fact_age, qa_items
@@ -20,7 +21,7 @@ def main() -> None:
     ap.add_argument("rows", help="qa_rows.json of comet-agents eval qa")
     ap.add_argument("--model", default="training/smollm2-default/checkpoint", help="for its tokenizer and config")
     a = ap.parse_args()
-    data = json.loads(open(a.rows).read())
+    data = json.loads(Path(a.rows).read_text())
     meta, rows = data["meta"], data["rows"]
     engine = MemoryEngine(CometModel.from_pretrained(a.model, device="cpu"))
     count = lambda s: len(engine.encode(s))  # noqa: E731
