@@ -120,6 +120,17 @@ def _curriculum(text: str) -> list[tuple[int, ...]]:
     return stages
 
 
+def _anneal(text: str | None) -> tuple[int, int] | None:
+    """'3400:3800' -> (3400, 3800), with an error naming a malformed value."""
+    if text is None:
+        return None
+    try:
+        start, end = (int(x) for x in text.split(":"))
+    except ValueError:
+        raise typer.BadParameter(f"--anneal {text!r} is not FROM:TO (two step numbers)") from None
+    return start, end
+
+
 @app.command()
 def train(
     output_dir: Annotated[str, typer.Option(help="Run directory (checkpoint/ and final adapter go here).")],
@@ -141,6 +152,9 @@ def train(
         help="Share of training sequences that leave at most 31 stream tokens in the open chunk, as right after "
              "a chunk closed.")] = 0.2,
     warmup_steps: int = 20,
+    anneal: Annotated[Optional[str], typer.Option(
+        help="FROM:TO: from step FROM the learning rate falls along a half cosine from its scheduled value to zero "
+             "at step TO, where the run ends (TO <= --steps).")] = None,
     grad_accum: int = 1,
     tokens_per_micro_batch: int = 32768,
     sequences_per_micro_batch: Annotated[int, typer.Option(
@@ -171,7 +185,7 @@ def train(
         output_dir=output_dir, base=base, steps=steps, lr=lr, gate_lr_mult=gate_lr_mult, fifo_dropout=fifo_dropout,
         chunk_end_share=chunk_end_share, question_echo_share=question_echo_share,
         short_tail_share=short_tail_share,
-        warmup_steps=warmup_steps,
+        warmup_steps=warmup_steps, anneal=_anneal(anneal),
         grad_accum=grad_accum,
         tokens_per_micro_batch=tokens_per_micro_batch, sequences_per_micro_batch=sequences_per_micro_batch,
         curriculum=_curriculum(curriculum),

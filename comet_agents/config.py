@@ -74,6 +74,13 @@ class CometConfig:
             capacity (the design of Activation Beacon's beacon-specific projections, at low rank).
         memory_lora_alpha: its scaling numerator (scale = alpha / rank).
         memory_lora_targets: backbone Linear module names (inside each decoder layer) that get it.
+        reader_lora_rank: rank of the LoRA that runs at the text positions of chunks that have memory (every
+            chunk after the first, and the open chunk once anything was absorbed); 0 (default) disables it.
+            The text tokens are the ones that read the memory slots; with this LoRA they learn to read them,
+            instead of the frozen backbone having to read whatever the memory writes. A chunk without
+            memory, such as a one-chunk chat, never sees it, so short chats stay exactly the base model's.
+        reader_lora_alpha: its scaling numerator (scale = alpha / rank).
+        reader_lora_targets: backbone Linear module names (inside each decoder layer) that get it.
         lora_rank: rank of the peft LoRA on the backbone, at every position (0 = no LoRA).
         lora_alpha: LoRA scaling numerator.
         lora_targets: backbone Linear module names that receive LoRA.
@@ -94,6 +101,9 @@ class CometConfig:
     memory_lora_rank: int = 16
     memory_lora_alpha: int = 32
     memory_lora_targets: tuple[str, ...] = field(default=("q_proj", "k_proj", "v_proj", "o_proj"))
+    reader_lora_rank: int = 0
+    reader_lora_alpha: int = 32
+    reader_lora_targets: tuple[str, ...] = field(default=("q_proj", "k_proj", "v_proj", "o_proj"))
     lora_rank: int = 0
     lora_alpha: int = 16
     lora_targets: tuple[str, ...] = field(
@@ -116,6 +126,8 @@ class CometConfig:
             problems.append(f"lora_rank must be >= 0, got {self.lora_rank}")
         if self.memory_lora_rank < 0:
             problems.append(f"memory_lora_rank must be >= 0, got {self.memory_lora_rank}")
+        if self.reader_lora_rank < 0:
+            problems.append(f"reader_lora_rank must be >= 0, got {self.reader_lora_rank}")
         if not 0 <= self.chunk_overlap <= self.chunk_size:
             problems.append(f"chunk_overlap must be between 0 and chunk_size ({self.chunk_size}), "
                             f"got {self.chunk_overlap}")
@@ -146,6 +158,7 @@ class CometConfig:
             raise ValueError("invalid CometConfig: " + "; ".join(problems))
         object.__setattr__(self, "lora_targets", tuple(self.lora_targets))
         object.__setattr__(self, "memory_lora_targets", tuple(self.memory_lora_targets))
+        object.__setattr__(self, "reader_lora_targets", tuple(self.reader_lora_targets))
 
     # Effective sizes: the ablation switches zero them out so that layout code never branches on flags.
     @property
@@ -213,7 +226,8 @@ class CometConfig:
         fingerprint covers the weights)."""
         d = self.to_dict()
         for k in ("lora_rank", "lora_alpha", "lora_targets", "memory_lora_rank", "memory_lora_alpha",
-                  "memory_lora_targets", "open_chunk_compression"):
+                  "memory_lora_targets", "reader_lora_rank", "reader_lora_alpha", "reader_lora_targets",
+                  "open_chunk_compression"):
             d.pop(k)
         if d["global_source"] == "readouts":  # absent before the field existed: earlier states keep their fingerprint
             d.pop("global_source")
@@ -230,6 +244,7 @@ class CometConfig:
         d = dataclasses.asdict(self)
         d["lora_targets"] = list(self.lora_targets)
         d["memory_lora_targets"] = list(self.memory_lora_targets)
+        d["reader_lora_targets"] = list(self.reader_lora_targets)
         return d
 
     @classmethod

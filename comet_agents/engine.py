@@ -33,7 +33,7 @@ from typing import Any
 
 import torch
 
-from .events import ROLES
+from .events import ROLES, cut_at_record
 from .layout import LayoutBatch, compression_after, next_chunk_layout, pad_layouts
 from .modeling import CometModel
 from .state import MemoryState
@@ -92,16 +92,24 @@ def render_chat(tokenizer: Any, messages: Any, *, add_generation_prompt: bool = 
     return text + ("Assistant:" if add_generation_prompt else "")
 
 
+def answer_text(text: str) -> str:
+    """What an answer decoded to ``text`` says: up to a line that starts a rendered record (the model writing
+    the event stream on, :func:`comet_agents.events.cut_at_record`), stripped."""
+    return cut_at_record(text)[0].strip()
+
+
 def stream_text(tokenizer: Any, token_ids: Iterable[int]) -> Iterator[str]:
-    """Decode ``token_ids`` incrementally into text pieces whose concatenation is the stripped full decode.
+    """Decode ``token_ids`` incrementally into text pieces whose concatenation is :func:`answer_text` of the
+    full decode.
 
     The generated tokens so far are re-decoded after each token: a piece is emitted only once the text no
     longer ends in an incomplete character (U+FFFD, as byte-level tokenizers decode a partial UTF-8
     sequence), so multi-byte characters are never split. Leading whitespace is dropped and trailing whitespace
-    held back until more text follows, so ``"".join(pieces)`` equals ``decode(ids).strip()``, what the
-    non-streaming calls return. (That needs a decoder whose output for a prefix of the ids is a prefix of its
-    output for all of them, as byte-level BPE decoders such as SmolLM2's are; a piece once yielded cannot be
-    taken back.)
+    held back until more text follows, and so is a line that may be starting a rendered record; at a complete
+    one the stream ends (no more tokens are drawn from ``token_ids``). So ``"".join(pieces)`` equals
+    ``answer_text(decode(ids))``, what the non-streaming calls return. (That needs a decoder whose output for a
+    prefix of the ids is a prefix of its output for all of them, as byte-level BPE decoders such as SmolLM2's
+    are; a piece once yielded cannot be taken back.)
     """
     ids: list[int] = []
     sent = ""
@@ -110,11 +118,14 @@ def stream_text(tokenizer: Any, token_ids: Iterable[int]) -> Iterator[str]:
         text = tokenizer.decode(ids, skip_special_tokens=True)
         if text.endswith("\ufffd"):
             continue
-        ready = text.strip()
+        kept, ended = cut_at_record(text)
+        ready = kept.strip()
         if len(ready) > len(sent) and ready.startswith(sent):
             yield ready[len(sent) :]
             sent = ready
-    final = tokenizer.decode(ids, skip_special_tokens=True).strip()
+        if ended:
+            return
+    final = answer_text(tokenizer.decode(ids, skip_special_tokens=True))
     if final != sent and final.startswith(sent):
         yield final[len(sent) :]
 
@@ -323,6 +334,7 @@ class MemoryEngine:
         """Prefill the open chunk, then decode greedily (the loop of :meth:`generate_stream`)."""
         stride = self.config.open_stride
         logits, cache = self.model.prefill_open_chunk(state, batch)
+        has_memory = self.model.has_memory(batch)
         for step in range(max_new_tokens):
             token = int(logits[0].argmax())
             if token in stops:
@@ -338,7 +350,7 @@ class MemoryEngine:
             ids = torch.tensor([feed])
             pos = torch.arange(next_pos, next_pos + len(feed))[None]
             past = torch.tensor([cache.get_seq_length()])
-            logits = self.model.decode_step(cache, ids, pos, past)[:, -1]
+            logits = self.model.decode_step(cache, ids, pos, past, has_memory)[:, -1]
             next_pos += len(feed)
             n_text += 1
 
@@ -374,9 +386,10 @@ class MemoryEngine:
         return ids
 
     def _answer(self, state: MemoryState, prompt: str, max_new_tokens: int) -> str:
-        """The greedy answer to a rendered prompt, decoded and stripped (what :func:`stream_text` joins to)."""
+        """The greedy answer to a rendered prompt, decoded, cut and stripped (:func:`answer_text`, what
+        :func:`stream_text` joins to)."""
         out = self.generate(state, self._prompt_ids(prompt), max_new_tokens=max_new_tokens)
-        return self.tokenizer.decode(out, skip_special_tokens=True).strip()
+        return answer_text(self.tokenizer.decode(out, skip_special_tokens=True))
 
     def recall(self, state: MemoryState, question: str, *, max_new_tokens: int = 64) -> str:
         """Answer ``question`` from memory (the absorbed stream and the pending tail)."""

@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-from .engine import MemoryEngine, chat_question, token_index_at
+from .engine import MemoryEngine, answer_text, chat_question, token_index_at
 from .layout import key_age
 
 QUESTION = "What is the pass key?"
@@ -452,7 +452,8 @@ def plain_base(model: Any) -> Iterator[Any]:
 def base_generate(
     engine: MemoryEngine, prompt_ids: Sequence[int], *, max_new_tokens: int, stop_ids: Sequence[int] | None = None
 ) -> str:
-    """Greedy answer of the plain base model (Hugging Face ``generate``) to ``prompt_ids``, decoded and stripped."""
+    """Greedy answer of the plain base model (Hugging Face ``generate``) to ``prompt_ids``, decoded, cut and
+    stripped as CoMeT's answers are (:func:`comet_agents.engine.answer_text`)."""
     model = engine.model
     tok = engine.tokenizer
     stops = list(stop_ids if stop_ids is not None else engine.default_stop_ids())
@@ -473,7 +474,7 @@ def base_generate(
         if t in stops:
             new = new[:i]
             break
-    return tok.decode(new, skip_special_tokens=True).strip()
+    return answer_text(tok.decode(new, skip_special_tokens=True))
 
 
 def native_window(engine: MemoryEngine) -> int:

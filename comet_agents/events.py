@@ -79,6 +79,8 @@ __all__ = [
     "render",
     "render_many",
     "to_dict",
+    "RECORD_HEADS",
+    "cut_at_record",
 ]
 
 MAX_EVENT_CHARS = 200_000
@@ -582,6 +584,34 @@ def render(event: Event | Mapping[str, Any] | str) -> str:
         parts += [f"{k}={_json(event.attributes[k])}" for k in sorted(event.attributes)]
         return _record(header, " ".join(parts))
     raise EventError(f"cannot render {_type_name(event)}")  # pragma: no cover - parse_event guards this
+
+
+RECORD_HEADS: tuple[str, ...] = ROLES + ("thought", "tool_call", "observation", "final_answer", "event")
+"""The first word of every record header :func:`render` writes (``[user] ...``, ``[event ...] ...``)."""
+
+_RECORD_STARTS = tuple(f"\n[{head}{end}" for head in RECORD_HEADS for end in (" ", "]"))
+
+
+def cut_at_record(text: str) -> tuple[str, bool]:
+    """``text`` up to the first line that starts a rendered record, and whether there was one.
+
+    A model answering from a memory of rendered events sometimes goes on writing the stream itself (an answer,
+    then ``"\n[user] ..."``, a turn nobody took). Such a line is never part of the answer. The first line is
+    kept whatever it holds. Where ``text`` ends in what may still become such a line (``"\n[us"``), that
+    part is held back too (the bool says False), so a caller decoding token by token never emits it early.
+    """
+    lead = len(text) - len(text.lstrip())  # the first line is the first one with text
+    cut = len(text)
+    for start in _RECORD_STARTS:
+        i = text.find(start, lead)
+        if i >= 0:
+            cut = min(cut, i)
+    if cut < len(text):
+        return text[:cut], True
+    last = text.rfind("\n")
+    if last >= lead and any(start.startswith(text[last:]) for start in _RECORD_STARTS):
+        return text[:last], False
+    return text, False
 
 
 def render_many(events: Iterable[Event | Mapping[str, Any] | str]) -> str:

@@ -26,7 +26,9 @@ token presented inside its own chunk (docs/architecture.md, "Where memory is wri
 
 The memory LoRA (``memory_lora_rank``) adds low-rank deltas to chosen backbone Linears at the positions of the
 added tokens only (slots, compression tokens, readouts): the tokens that write and present memory get their own
-capacity while every text position runs the backbone exactly as it was.
+capacity while every text position runs the backbone exactly as it was. The reader LoRA (``reader_lora_rank``,
+off by default) adds its own deltas at the text positions of chunks that have memory, the tokens that read the
+slots; chunks without memory (a one-chunk chat, a stream's first chunk) still run the backbone alone.
 
 ``layer_step`` is that block for one layer and one batch of chunks. Streaming (``absorb``) runs it
 chunk-major (chunks outside, layers inside: one chunk of activations alive); training runs it layer-major
@@ -69,6 +71,7 @@ log = logging.getLogger(__name__)
 SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "qwen3", "mistral")
 ADAPTER_FILE = "comet_adapter.safetensors"
 MEMORY_ROWS = "memory_lora_rows"  # chunk-context key of the memory-LoRA rows (not passed to the decoder layers)
+READER_ROWS = "reader_lora_rows"  # likewise, the reader-LoRA rows
 FIFO_PLAN = "fifo_plan"  # chunk-context key of the FIFO push plan (likewise)
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 MEMORY_TOKEN = "<|memory|>"
@@ -141,8 +144,9 @@ class MemoryLoRA(nn.Module):
     """Per-layer low-rank deltas ``scale * up(down(x))`` for the Linears named in ``targets``.
 
     Applied by forward hooks on those Linears, and only at the rows :attr:`CometModel._memory_positions` names
-    (the added-token positions of the batch being run, flattened over batch and time). ``up`` starts at zero,
-    so a new memory LoRA changes nothing until it is trained.
+    for it (flattened over batch and time): the added-token positions for the memory LoRA, the text positions
+    of chunks with memory for the reader LoRA. ``up`` starts at zero, so a new one changes nothing until it is
+    trained.
     """
 
     def __init__(self, linears: dict[str, nn.Module], rank: int, alpha: float, gen: torch.Generator) -> None:
@@ -321,17 +325,10 @@ class CometModel(nn.Module):
         # (B, T, 1) float mask of added-token positions while a forward runs; per thread, so that forwards of one
         # model in several threads (or an autograd recompute on another thread) never see each other's mask.
         self._memory_positions = threading.local()
-        self.memory_lora: nn.ModuleList | None = None
-        if config.memory_lora_rank > 0:
-            self.memory_lora = nn.ModuleList()
-            for i, layer in enumerate(inner.layers):
-                linears = self._target_linears(layer, config.memory_lora_targets)
-                lora = MemoryLoRA({n: lin for n, (lin, _) in linears.items()}, config.memory_lora_rank,
-                                  config.memory_lora_alpha, gen)
-                self.memory_lora.append(lora)
-                for name, (_, module) in linears.items():
-                    module.register_forward_hook(self._memory_lora_hook(lora, name))
-            self.memory_lora.float()
+        self.memory_lora = self._row_loras(inner, "memory_lora", config.memory_lora_rank, config.memory_lora_alpha,
+                                           config.memory_lora_targets, gen)
+        self.reader_lora = self._row_loras(inner, "reader_lora", config.reader_lora_rank, config.reader_lora_alpha,
+                                           config.reader_lora_targets, gen)
         self._adapter_fingerprint: str | None = None
 
     # ---- construction helpers ---------------------------------------------------------------------------------
@@ -349,8 +346,24 @@ class CometModel(nn.Module):
             raise ValueError("the tokenizer already holds some CoMeT tokens at non-contiguous ids")
         return ids[0]
 
+    def _row_loras(self, inner: nn.Module, kind: str, rank: int, alpha: float, targets: Sequence[str],
+                   gen: torch.Generator) -> nn.ModuleList | None:
+        """One :class:`MemoryLoRA` per decoder layer, hooked on its ``targets``; ``kind`` ("memory_lora" or
+        "reader_lora") names the rows it runs at. None for rank 0."""
+        if rank <= 0:
+            return None
+        loras = nn.ModuleList()
+        for layer in inner.layers:
+            linears = self._target_linears(layer, targets, f"{kind}_targets")
+            lora = MemoryLoRA({n: lin for n, (lin, _) in linears.items()}, rank, alpha, gen)
+            loras.append(lora)
+            for name, (_, module) in linears.items():
+                module.register_forward_hook(self._row_lora_hook(lora, name, kind))
+        return loras.float()
+
     @staticmethod
-    def _target_linears(layer: nn.Module, targets: Sequence[str]) -> dict[str, tuple[nn.Linear, nn.Module]]:
+    def _target_linears(layer: nn.Module, targets: Sequence[str],
+                        option: str = "memory_lora_targets") -> dict[str, tuple[nn.Linear, nn.Module]]:
         """``{target: (its nn.Linear, the module to hook)}`` inside one decoder layer, peft-wrapped or not."""
         found: dict[str, tuple[nn.Linear, nn.Module]] = {}
         for name, module in layer.named_modules():
@@ -361,30 +374,28 @@ class CometModel(nn.Module):
                     found[short] = (lin, module)
         missing = [t for t in targets if t not in found]
         if missing:
-            raise ValueError(f"memory_lora_targets {missing} are not Linear modules of the base's decoder layers")
+            raise ValueError(f"{option} {missing} are not Linear modules of the base's decoder layers")
         return found
 
-    def _memory_lora_hook(self, lora: MemoryLoRA, name: str) -> Callable[..., torch.Tensor | None]:
+    def _row_lora_hook(self, lora: MemoryLoRA, name: str, kind: str) -> Callable[..., torch.Tensor | None]:
         def hook(module: nn.Module, inputs: tuple[Any, ...], output: torch.Tensor) -> torch.Tensor | None:
-            rows = getattr(self._memory_positions, "rows", None)
+            rows = getattr(self._memory_positions, kind, None)
             if rows is None:
                 return None
-            # Only the added-token rows (about a fifth of a chunk) go through the low-rank path.
+            # Only the named rows (for the memory LoRA about a fifth of a chunk) go through the low-rank path.
             return lora.add_at_rows(name, output, inputs[0], rows)
         return hook
 
     @contextmanager
-    def memory_positions(self, rows: torch.Tensor | None) -> Iterator[None]:
-        """Run the memory LoRA at ``rows`` (from :meth:`added_rows`) inside this block, in this thread only;
-        None: nowhere."""
-        if rows is None:
-            yield
-            return
-        self._memory_positions.rows = rows
+    def memory_positions(self, rows: torch.Tensor | None, reader_rows: torch.Tensor | None = None) -> Iterator[None]:
+        """Run the memory LoRA at ``rows`` (from :meth:`added_rows`) and the reader LoRA at ``reader_rows``
+        (from :meth:`reader_rows`) inside this block, in this thread only; None: nowhere."""
+        local = self._memory_positions
+        local.memory_lora, local.reader_lora = rows, reader_rows
         try:
             yield
         finally:
-            self._memory_positions.rows = None
+            local.memory_lora = local.reader_lora = None
 
     def added_rows(self, input_ids: torch.Tensor) -> torch.Tensor | None:
         """Flat (batch x time) indices of the added-token positions, for the memory LoRA; None when there is no
@@ -393,6 +404,27 @@ class CometModel(nn.Module):
             return None
         rows = self.is_added_token(input_ids).reshape(-1).nonzero().squeeze(1)
         return rows if rows.numel() else None
+
+    def reader_rows(self, input_ids: torch.Tensor, lengths: torch.Tensor | None,
+                    has_memory: torch.Tensor | None) -> torch.Tensor | None:
+        """Flat (batch x time) indices of the text positions (within ``lengths``, all if None) of the samples
+        whose chunk has memory (``has_memory``, (B,) bool), for the reader LoRA; None when there is no reader
+        LoRA or no such position."""
+        if self.reader_lora is None or has_memory is None:
+            return None
+        rows = ~self.is_added_token(input_ids) & has_memory.to(input_ids.device)[:, None]
+        if lengths is not None:
+            rows &= torch.arange(input_ids.shape[1], device=input_ids.device)[None, :] < lengths.to(input_ids.device)[:, None]
+        rows = rows.reshape(-1).nonzero().squeeze(1)
+        return rows if rows.numel() else None
+
+    @staticmethod
+    def has_memory(batch: LayoutBatch) -> torch.Tensor:
+        """(B,) bool: whether each sample's chunk in ``batch`` shows memory (global slots or FIFO entries)."""
+        flags = batch.has_global.clone()
+        if batch.temp_valid.shape[1]:
+            flags |= batch.temp_valid.any(1)
+        return flags
 
     def is_added_token(self, input_ids: torch.Tensor) -> torch.Tensor:
         """Where ``input_ids`` holds one of CoMeT's added tokens (slot placeholder, readout, compression)."""
@@ -481,6 +513,7 @@ class CometModel(nn.Module):
             "position_ids": batch.position_ids,
             "position_embeddings": self.inner.rotary_emb(hidden, batch.position_ids),
             MEMORY_ROWS: self.added_rows(batch.input_ids),
+            READER_ROWS: self.reader_rows(batch.input_ids, batch.lengths, self.has_memory(batch)),
         }
         if self.config.fifo and batch.compression_index.shape[1] > 0:
             ctx[FIFO_PLAN] = fifo_plan(fifo_len.to(hidden.device), batch.compression_valid.sum(1), self.config.fifo,
@@ -517,8 +550,8 @@ class CometModel(nn.Module):
             src = torch.where(batch.temp_valid[..., None], Q[:, : idx.shape[1]].to(x.dtype), cur)
             x = x.scatter(1, idx, src)
 
-        layer_kwargs = {k: v for k, v in ctx.items() if k not in (MEMORY_ROWS, FIFO_PLAN)}
-        with self.memory_positions(ctx.get(MEMORY_ROWS)):
+        layer_kwargs = {k: v for k, v in ctx.items() if k not in (MEMORY_ROWS, READER_ROWS, FIFO_PLAN)}
+        with self.memory_positions(ctx.get(MEMORY_ROWS), ctx.get(READER_ROWS)):
             y = self.inner.layers[layer](x, past_key_values=cache, use_cache=cache is not None, **layer_kwargs)
         if isinstance(y, tuple):
             y = y[0]
@@ -718,11 +751,16 @@ class CometModel(nn.Module):
 
     @torch.no_grad()
     def decode_step(
-        self, cache: Any, input_ids: torch.Tensor, position_ids: torch.Tensor, past_lengths: torch.Tensor
+        self, cache: Any, input_ids: torch.Tensor, position_ids: torch.Tensor, past_lengths: torch.Tensor,
+        has_memory: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Feed ``input_ids`` (B, k) after the cache; returns logits (B, k, V). Nothing is written to memory."""
+        """Feed ``input_ids`` (B, k) after the cache; returns logits (B, k, V). Nothing is written to memory.
+
+        ``has_memory`` ((B,) bool, :meth:`has_memory` of the prefilled open chunk) says where the reader LoRA
+        runs, as it ran in the prefill; None: nowhere (right for a model without one, or for empty memory)."""
         # Decoding feeds added tokens only with open-chunk compression; look on the host (ids come from there).
         lora_rows = self.added_rows(input_ids)
+        reader_rows = self.reader_rows(input_ids, None, has_memory)
         input_ids = input_ids.to(self.device)
         position_ids = position_ids.to(self.device)
         hidden = self.embed(input_ids)
@@ -733,7 +771,8 @@ class CometModel(nn.Module):
             "position_ids": position_ids,
             "position_embeddings": self.inner.rotary_emb(hidden, position_ids),
         }
-        with self.memory_positions(None if lora_rows is None else lora_rows.to(self.device)):
+        with self.memory_positions(None if lora_rows is None else lora_rows.to(self.device),
+                                   None if reader_rows is None else reader_rows.to(self.device)):
             for layer in range(self.num_layers):
                 hidden = self.inner.layers[layer](hidden, past_key_values=cache, use_cache=True, **ctx)
                 if isinstance(hidden, tuple):
@@ -746,8 +785,10 @@ class CometModel(nn.Module):
         """Everything the adapter adds to the base: memory nets, added embeddings, LoRA weights."""
         sd = {f"memory.{k}": v for k, v in self.memory.state_dict().items()}
         sd["special_embeddings"] = self.special_embeddings.data
-        if self.memory_lora is not None:
-            sd.update({f"memory_lora.{k}": v for k, v in self.memory_lora.state_dict().items()})
+        for kind in ("memory_lora", "reader_lora"):
+            loras = getattr(self, kind)
+            if loras is not None:
+                sd.update({f"{kind}.{k}": v for k, v in loras.state_dict().items()})
         if self.config.lora_rank > 0:
             from peft import get_peft_model_state_dict
 
@@ -758,11 +799,13 @@ class CometModel(nn.Module):
     def load_adapter_state_dict(self, sd: dict[str, torch.Tensor]) -> None:
         mem = {k[len("memory.") :]: v for k, v in sd.items() if k.startswith("memory.")}
         self.memory.load_state_dict({k: v.float() for k, v in mem.items()}, strict=True)
-        mlora = {k[len("memory_lora.") :]: v.float() for k, v in sd.items() if k.startswith("memory_lora.")}
-        if self.memory_lora is not None:
-            self.memory_lora.load_state_dict(mlora, strict=True)
-        elif mlora:
-            raise ValueError("adapter has memory-LoRA weights but its config has memory_lora_rank 0")
+        for kind in ("memory_lora", "reader_lora"):
+            weights = {k[len(kind) + 1 :]: v.float() for k, v in sd.items() if k.startswith(f"{kind}.")}
+            loras = getattr(self, kind)
+            if loras is not None:
+                loras.load_state_dict(weights, strict=True)
+            elif weights:
+                raise ValueError(f"adapter has {kind.replace('_', '-')} weights but its config has {kind}_rank 0")
         emb = sd.get("special_embeddings")
         if emb is None or tuple(emb.shape) != tuple(self.special_embeddings.shape):
             raise ValueError("adapter special_embeddings are missing or have the wrong shape")
@@ -858,6 +901,7 @@ class CometModel(nn.Module):
         n_mem = sum(p.numel() for p in self.memory.parameters())
         n_lora = sum(p.numel() for n, p in self.backbone.named_parameters() if "lora_" in n)
         n_mlora = sum(p.numel() for p in self.memory_lora.parameters()) if self.memory_lora is not None else 0
+        n_rlora = sum(p.numel() for p in self.reader_lora.parameters()) if self.reader_lora is not None else 0
         state_bytes = self.new_state().nbytes()
         return {
             "base": self.base_name,
@@ -870,6 +914,7 @@ class CometModel(nn.Module):
             "memory_parameters": n_mem,
             "lora_parameters": n_lora,
             "memory_lora_parameters": n_mlora,
+            "reader_lora_parameters": n_rlora,
             "added_embedding_rows": self.num_special,
             "state_bytes_per_session": state_bytes,
             "steady_layout_positions": self.config.steady_layout_len(),

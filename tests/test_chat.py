@@ -155,6 +155,38 @@ def test_stream_text_never_splits_a_character_and_joins_to_the_stripped_decode(t
     assert [p.strip() for p in pieces] == [c for c in text.strip() if not c.isspace()]
 
 
+@pytest.mark.parametrize(("text", "answer"), [
+    ("a Subaru\n[user] How do I get the package?", "a Subaru"),
+    ("4711\n[observation search] nothing\n[user] hi", "4711"),
+    (" \n[user] What is the code?\n[assistant] 4711", "[user] What is the code?"),  # the first line stays
+    ("first\nsecond line\n[event 2026-03-01 purchase] item=\"x\"", "first\nsecond line"),
+    ("see [user] notes\n[usual] brackets\n[tool_call] search()", "see [user] notes\n[usual] brackets"),
+    ("a list:\n[1] one", "a list:\n[1] one"),
+    ("ends in a maybe-record\n[us", "ends in a maybe-record"),  # cut short by the token limit
+])
+def test_answers_end_where_the_model_starts_writing_the_event_stream(text: str, answer: str) -> None:
+    """A model answering from a memory of rendered events may go on writing the stream (``[user] ...``): the
+    answer ends before such a line, the same whether decoded at once or streamed token by token, and the
+    stream stops drawing tokens there."""
+    from comet_agents.engine import answer_text
+    from comet_agents.events import cut_at_record
+
+    assert answer_text(text) == answer
+    assert "".join(stream_text(ByteTokenizer(), iter(list(text.encode())))) == answer
+    drawn: list[int] = []
+
+    def tokens_drawn():
+        for t in text.encode():
+            drawn.append(t)
+            yield t
+
+    list(stream_text(ByteTokenizer(), tokens_drawn()))
+    complete = cut_at_record(text)[1]
+    assert (len(drawn) < len(text.encode())) == complete
+    for cut in range(len(text) + 1):  # a prefix never yields more than the whole answer holds
+        assert answer.startswith("".join(stream_text(ByteTokenizer(), iter(list(text[:cut].encode())))))
+
+
 def test_clone_is_a_deep_copy() -> None:
     engine = MemoryEngine(tiny_model())
     state = engine.absorb(engine.new_state(), list(range(2, 40)))

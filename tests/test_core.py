@@ -350,6 +350,71 @@ def test_memory_lora_acts_only_at_added_token_positions() -> None:
     assert (a[after] - b[after]).abs().max() > 1e-3
 
 
+def _without_reader(**overrides) -> CometModel:
+    """``tiny_model("llama", **overrides)`` with its reader LoRA adding nothing (``up`` at zero, as a new one
+    starts)."""
+    plain = tiny_model("llama", **overrides)
+    with torch.no_grad():
+        for lora in plain.reader_lora:
+            for lin in lora.up.values():
+                lin.weight.zero_()
+    plain.invalidate_fingerprint()
+    return plain
+
+
+def test_reader_lora_acts_only_in_chunks_that_have_memory() -> None:
+    """A chat that fits one chunk (empty memory) and a stream's first chunk run without it: the same logits and
+    the same first-chunk memory as with the reader LoRA at zero. Once memory exists, the chunks that read it
+    (and so what they write, and what recall answers) change."""
+    model = tiny_model("llama", reader_lora_rank=2)
+    plain = _without_reader(reader_lora_rank=2)
+    with_reader, without = MemoryEngine(model), MemoryEngine(plain)
+    prompt = tokens(9, seed=21)
+    torch.testing.assert_close(recall_logits(with_reader, with_reader.new_state(), prompt),
+                               recall_logits(without, without.new_state(), prompt), atol=0, rtol=0)
+    first = tokens(12, seed=22)
+    a, b = with_reader.absorb(with_reader.new_state(), first), without.absorb(without.new_state(), first)
+    torch.testing.assert_close(a.fifo, b.fifo, atol=0, rtol=0)
+    assert (recall_logits(with_reader, a, prompt) - recall_logits(without, b, prompt)).abs().max() > 1e-3
+    more = tokens(12, seed=23)
+    with_reader.absorb(a, more)
+    without.absorb(b, more)
+    assert (a.fifo - b.fifo).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("kind", ["llama", "qwen3"])
+def test_reader_lora_keeps_training_streaming_and_decoding_equal(kind: str) -> None:
+    """Layer-major training computes what streaming computes with the reader LoRA too, and greedy decoding runs
+    it at each new token exactly as a prefill of the longer prompt does."""
+    engine = MemoryEngine(tiny_model(kind, reader_lora_rank=2, chunk_overlap=3))
+    assert_training_matches_streaming(engine, tokens(12 * 6 + 5, seed=24), tokens(6, seed=25), atol=ATOL)
+    state = engine.absorb(engine.new_state(), tokens(30, seed=26))
+    prompt = tokens(5, seed=27)
+    out = engine.generate(state, prompt, max_new_tokens=7, stop_ids=[])
+    for k in range(len(out)):
+        assert int(recall_logits(engine, state, prompt + out[:k]).argmax()) == out[k]
+
+
+def test_reader_lora_round_trips_and_a_mismatched_adapter_is_refused(tmp_path) -> None:
+    from safetensors.torch import load_file
+
+    model = tiny_model("llama", reader_lora_rank=2)
+    model.save_pretrained(tmp_path)
+    saved = load_file(tmp_path / "comet_adapter.safetensors")
+    assert any(k.startswith("reader_lora.") for k in saved)
+    fresh = CometModel(tiny_base("llama"), model.config, base_fingerprint=model.base_fingerprint)
+    fresh.load_adapter_state_dict(saved)
+    assert fresh.adapter_fingerprint == model.adapter_fingerprint
+    assert model.describe()["reader_lora_parameters"] == sum(p.numel() for p in model.reader_lora.parameters())
+    without = CometModel(tiny_base("llama"), tiny_model("llama").config, base_fingerprint=model.base_fingerprint)
+    with pytest.raises(ValueError, match="reader-lora weights but its config has reader_lora_rank 0"):
+        without.load_adapter_state_dict(saved)
+    with pytest.raises(ValueError, match="reader_lora_rank must be >= 0"):
+        CometConfig(reader_lora_rank=-1)
+    with pytest.raises(ValueError, match=r"reader_lora_targets \['nope'\] are not Linear modules"):
+        tiny_model("llama", reader_lora_rank=2, reader_lora_targets=("nope",))
+
+
 @pytest.mark.parametrize("open_compression", [False, True])
 def test_decode_steps_equal_prefill_of_the_longer_prompt(open_compression: bool) -> None:
     """Greedy decoding picks what a prefill of prompt + answer so far picks; with open-chunk compression its

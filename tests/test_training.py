@@ -209,6 +209,11 @@ def test_cli_parses_curriculum_ranges_and_names_a_bad_stage() -> None:
     assert _curriculum("200:2,1000000000:2-8") == [(200, 2), (1000000000, 2, 8)]
     with pytest.raises(typer.BadParameter, match="'300-2'"):
         _curriculum("200:2,300-2")
+    from comet_agents.cli import _anneal
+
+    assert _anneal("3400:3800") == (3400, 3800) and _anneal(None) is None
+    with pytest.raises(typer.BadParameter, match="--anneal '3400' is not FROM:TO"):
+        _anneal("3400")
 
 
 def test_gates_train_at_their_own_learning_rate() -> None:
@@ -706,3 +711,59 @@ def test_cli_takes_fifo_dropout(tmp_path, monkeypatch) -> None:
     result = CliRunner().invoke(cli.app, ["train", "--output-dir", str(tmp_path), "--fifo-dropout", "0.25", "--smoke"])
     assert result.exit_code == 0, result.output
     assert seen["args"].fifo_dropout == 0.25
+
+
+def test_add_reader_lora_resumes_to_the_identical_next_step_loss_and_then_trains_it(tmp_path) -> None:
+    """The added reader LoRA starts at zero: a run resumed from the edited checkpoint (with the reader LoRA in its
+    config) takes the very next step with the loss an unedited resume takes, and then moves the new weights."""
+    import json
+    import shutil
+
+    from safetensors.torch import load_file
+
+    from comet_agents.training.trainer import add_reader_lora
+
+    train(args_for(tmp_path / "a", 3), model=tiny_model("llama"), sample_fn=key_recall_batch, log=lambda s: None)
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    ckpt = tmp_path / "b" / "checkpoint"
+    before = load_file(str(ckpt / "comet_adapter.safetensors"))
+    names = add_reader_lora(ckpt, rank=2, alpha=4, seed=1)
+    after = load_file(str(ckpt / "comet_adapter.safetensors"))
+    assert set(after) == set(before) | set(names) and all(n.startswith("reader_lora.") for n in names)
+    assert all(torch.equal(after[n], before[n]) for n in before)
+    assert all(not after[n].any() for n in names if ".up." in n)
+    saved = json.loads((ckpt / "comet_config.json").read_text())
+    assert saved["comet"]["reader_lora_rank"] == 2 and saved["comet"]["reader_lora_alpha"] == 4
+    state = json.loads((ckpt / "trainer_state.json").read_text())
+    assert state["events"][-1]["event"] == "add_reader_lora" and state["step"] == 3
+    with pytest.raises(ValueError, match="already has a reader LoRA"):
+        add_reader_lora(ckpt, rank=2)
+
+    plain = train(args_for(tmp_path / "a", 5), model=tiny_model("llama"), sample_fn=key_recall_batch,
+                  log=lambda s: None)
+    reader = train(args_for(tmp_path / "b", 5), model=tiny_model("llama", reader_lora_rank=2, reader_lora_alpha=4),
+                   sample_fn=key_recall_batch, log=lambda s: None)
+    a = [h["loss"] for h in plain["history"]]
+    b = [h["loss"] for h in reader["history"]]
+    assert b[:4] == a[:4]  # the three steps before the edit, and the first one after it, bit for bit
+    trained = load_file(str(ckpt / "comet_adapter.safetensors"))
+    assert any(trained[n].abs().max() > 0 for n in names if ".up." in n)
+
+
+def test_anneal_brings_the_rate_to_zero_early_without_a_jump(tmp_path) -> None:
+    from comet_agents.training.trainer import lr_factor
+
+    plain = TrainArgs(output_dir="x", steps=100, warmup_steps=10)
+    annealed = TrainArgs(output_dir="x", steps=100, warmup_steps=10, anneal=(40, 60))
+    assert all(lr_factor(s, annealed) == lr_factor(s, plain) for s in range(41))
+    assert lr_factor(40, annealed) > 0.5 and lr_factor(60, annealed) == 0.0
+    factors = [lr_factor(s, annealed) for s in range(38, 61)]
+    assert all(later < earlier for earlier, later in zip(factors, factors[1:]))
+    assert max(abs(b - a) for a, b in zip(factors, factors[1:])) < 0.1
+    assert annealed.last_step == 60 and plain.last_step == 100
+    for bad in [(5, 60), (60, 40), (40, 101)]:
+        with pytest.raises(ValueError, match="anneal"):
+            TrainArgs(output_dir="x", steps=100, warmup_steps=10, anneal=bad)
+    args = dataclasses.replace(args_for(tmp_path, 8), anneal=(2, 4))
+    result = train(args, model=tiny_model("llama"), sample_fn=key_recall_batch, log=lambda s: None)
+    assert result["step"] == 4 and len(result["history"]) == 4

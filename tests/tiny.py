@@ -95,6 +95,9 @@ def _perturbed(model: CometModel, seed: int) -> CometModel:
         if model.memory_lora is not None:
             for p in model.memory_lora.parameters():
                 p.add_(torch.randn(p.shape, generator=g) * 0.3)
+        if model.reader_lora is not None:
+            for p in model.reader_lora.parameters():
+                p.add_(torch.randn(p.shape, generator=g) * 0.3)
         model.special_embeddings.add_(torch.randn(model.special_embeddings.shape, generator=g))
     model.invalidate_fingerprint()
     return model.eval()

@@ -77,6 +77,11 @@ class TrainArgs:
     # (docs/training.md, steps 3,184-3,293), and 5 of the 6 misses at step 3,293 had such a tail.
     short_tail_share: float = 0.2
     warmup_steps: int = 20
+    # (from_step, to_step): from ``from_step`` the rate falls along a half cosine from its scheduled value there
+    # to zero at ``to_step``, where the run ends (to_step <= steps). It lets a run whose cosine horizon (``steps``)
+    # lies further out than the device time left reach a rate of zero sooner, without a jump in the rate.
+    # None: the plain schedule to ``steps``.
+    anneal: tuple[int, int] | None = None
     weight_decay: float = 0.0
     grad_clip: float = 1.0
     grad_accum: int = 1
@@ -105,6 +110,12 @@ class TrainArgs:
             raise ValueError(f"question_echo_share must be in [0, 1], got {self.question_echo_share}")
         if not 0.0 <= self.short_tail_share <= 1.0:
             raise ValueError(f"short_tail_share must be in [0, 1], got {self.short_tail_share}")
+        if self.anneal is not None:
+            start, end = (int(x) for x in self.anneal)
+            if not self.warmup_steps <= start < end <= self.steps:
+                raise ValueError(f"anneal ({start}, {end}) must satisfy warmup_steps ({self.warmup_steps}) <= from < "
+                                 f"to <= steps ({self.steps})")
+            self.anneal = (start, end)
         if self.tokens_per_micro_batch < 1 or self.sequences_per_micro_batch < 0:
             raise ValueError(f"tokens_per_micro_batch must be >= 1 and sequences_per_micro_batch >= 0, got "
                              f"{self.tokens_per_micro_batch} and {self.sequences_per_micro_batch}")
@@ -117,6 +128,11 @@ class TrainArgs:
         if not stages:
             raise ValueError("curriculum is empty")
         self.curriculum = stages
+
+    @property
+    def last_step(self) -> int:
+        """Where the run ends: ``steps``, or the end of the anneal."""
+        return self.anneal[1] if self.anneal else self.steps
 
     def chunks_at(self, step: int) -> int:
         """Closed chunks per sequence at ``step``. A stage with a range draws the count from (seed, step), so
@@ -136,7 +152,16 @@ def drop_fifo(examples: list[TrainingExample], share: float, seed: int, step: in
 
 
 def lr_factor(step: int, args: TrainArgs) -> float:
-    """Linear warm-up then cosine decay to zero."""
+    """Linear warm-up then cosine decay to zero at ``steps``; with ``anneal`` (from, to), from ``from`` on a half
+    cosine from the scheduled factor there to zero at ``to``."""
+    if args.anneal is not None and step >= args.anneal[0]:
+        start, end = args.anneal
+        progress = (step - start) / (end - start)
+        return _cosine_factor(start, args) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    return _cosine_factor(step, args)
+
+
+def _cosine_factor(step: int, args: TrainArgs) -> float:
     if step < args.warmup_steps:
         return (step + 1) / args.warmup_steps
     progress = (step - args.warmup_steps) / max(1, args.steps - args.warmup_steps)
@@ -245,8 +270,9 @@ def trainable_groups(model: CometModel, args: TrainArgs) -> list[dict[str, Any]]
     gates = [p for n, p in model.memory.named_parameters() if ".gate." in n]
     memory = [p for n, p in model.memory.named_parameters() if ".gate." not in n]
     other = [model.special_embeddings] + [p for n, p in model.backbone.named_parameters() if "lora_" in n]
-    if model.memory_lora is not None:
-        other += list(model.memory_lora.parameters())
+    for loras in (model.memory_lora, model.reader_lora):
+        if loras is not None:
+            other += list(loras.parameters())
     for p in gates + memory + other:
         p.requires_grad_(True)
     groups = [
@@ -369,11 +395,50 @@ def use_evicted_global(directory: str | Path) -> list[str]:
     return drop
 
 
+def add_reader_lora(directory: str | Path, *, rank: int = 16, alpha: int = 32,
+                    targets: Sequence[str] = ("q_proj", "k_proj", "v_proj", "o_proj"), seed: int = 0) -> list[str]:
+    """Give a checkpoint a reader LoRA (``CometConfig.reader_lora_rank``) in place, initialised as a new one is
+    (``down`` random, ``up`` zero), so the model computes exactly what it computed and the run resumes where it
+    was, with the text positions of chunks with memory now trainable. Returns the names added.
+
+    The Linears' shapes come from the checkpoint's memory LoRA, so ``targets`` must be among its targets.
+    Resume with ``--config-json`` carrying the same ``reader_lora_*`` fields (the trainer builds the model from
+    it, then loads the checkpoint).
+    """
+    if rank < 1:
+        raise ValueError(f"rank must be >= 1, got {rank}")
+    adapter = load_file(str(Path(directory) / ADAPTER_FILE))
+    if any(n.startswith("reader_lora.") for n in adapter):
+        raise ValueError(f"{directory} already has a reader LoRA")
+    layers = sorted({int(n.split(".")[1]) for n in adapter if n.startswith("memory_lora.")})
+    if not layers:
+        raise ValueError(f"{directory} has no memory LoRA to take the Linear shapes from")
+    gen = torch.Generator().manual_seed(seed)
+    new: dict[str, torch.Tensor] = {}
+    for layer in layers:
+        for name in targets:
+            down = adapter.get(f"memory_lora.{layer}.down.{name}.weight")
+            up = adapter.get(f"memory_lora.{layer}.up.{name}.weight")
+            if down is None or up is None:
+                raise ValueError(f"{directory} has no memory LoRA on {name!r} to take its shape from")
+            d_in, d_out = down.shape[1], up.shape[0]
+            new[f"reader_lora.{layer}.down.{name}.weight"] = (torch.randn(rank, d_in, generator=gen)
+                                                              / d_in**0.5).contiguous()
+            new[f"reader_lora.{layer}.up.{name}.weight"] = torch.zeros(d_out, rank)
+    _rewrite_checkpoint(directory, {}, {"event": "add_reader_lora", "rank": rank, "alpha": alpha,
+                                        "targets": list(targets), "seed": seed}, add=new,
+                        comet={"reader_lora_rank": rank, "reader_lora_alpha": alpha,
+                               "reader_lora_targets": list(targets)})
+    return sorted(new)
+
+
 def _rewrite_checkpoint(directory: str | Path, tensors: dict[str, torch.Tensor], event: dict[str, Any], *,
-                        drop: Sequence[str] = (), comet: dict[str, Any] | None = None) -> None:
-    """Replace ``tensors`` in a checkpoint's adapter and remove ``drop``, dropping the AdamW moments and step
-    counts of both, log ``event`` in its state, update its config's ``comet`` fields and refresh the adapter
-    fingerprint. Written next to the checkpoint and swapped in, so a failure leaves the old checkpoint whole."""
+                        drop: Sequence[str] = (), comet: dict[str, Any] | None = None,
+                        add: dict[str, torch.Tensor] | None = None) -> None:
+    """Replace ``tensors`` in a checkpoint's adapter, remove ``drop`` and add the new tensors ``add``, dropping
+    the AdamW moments and step counts of all three, log ``event`` in its state, update its config's ``comet``
+    fields and refresh the adapter fingerprint. Written next to the checkpoint and swapped in, so a failure
+    leaves the old checkpoint whole."""
     from ..config import CONFIG_FILE
     from ..modeling import adapter_fingerprint
 
@@ -383,10 +448,15 @@ def _rewrite_checkpoint(directory: str | Path, tensors: dict[str, torch.Tensor],
     unknown = sorted((set(tensors) | set(drop)) - set(adapter))
     if unknown:
         raise ValueError(f"{directory} has no tensors {unknown}")
+    add = add or {}
+    clash = sorted(set(add) & set(adapter))
+    if clash:
+        raise ValueError(f"{directory} already has tensors {clash[:3]}")
     adapter.update(tensors)
+    adapter.update(add)
     for name in drop:
         del adapter[name]
-    touched = set(tensors) | set(drop)
+    touched = set(tensors) | set(drop) | set(add)
     moments = {k: load_file(str(directory / f"optim_{k}.safetensors")) for k in ("exp_avg", "exp_avg_sq")}
     state["adam_steps"] = {n: v for n, v in state["adam_steps"].items() if n not in touched}
     state.setdefault("events", []).append({"step": state["step"], **event})
@@ -452,7 +522,7 @@ def train(args: TrainArgs, *, model: CometModel | None = None, sample_fn: Callab
     if (ckpt / STATE_FILE).exists():
         start, history, events = load_checkpoint(ckpt, model, opt)
         log(f"resumed from {ckpt} at step {start}")
-    if start >= args.steps:
+    if start >= args.last_step:
         return {"step": start, "history": history}
     if model.tokenizer is None and sample_fn is None:
         raise ValueError("training needs a tokenizer (or an explicit sample_fn)")
@@ -460,7 +530,7 @@ def train(args: TrainArgs, *, model: CometModel | None = None, sample_fn: Callab
         source = SampleSource(args, model.tokenizer, model.config.chunk_size)
         sample_fn = source.micro_batch
     workers = 0 if args.smoke else args.num_workers
-    dataset = _MicroBatches(sample_fn, Collator.for_model(model), start, args.steps, args.grad_accum, rank, world,
+    dataset = _MicroBatches(sample_fn, Collator.for_model(model), start, args.last_step, args.grad_accum, rank, world,
                             args.fifo_dropout, args.seed)
     loader = torch.utils.data.DataLoader(
         dataset, batch_size=None, shuffle=False,
@@ -472,7 +542,7 @@ def train(args: TrainArgs, *, model: CometModel | None = None, sample_fn: Callab
     params = [p for g in groups for p in g["params"]]
     from tqdm import tqdm
 
-    bar = tqdm(total=args.steps, initial=start, disable=rank != 0, dynamic_ncols=True, mininterval=5)
+    bar = tqdm(total=args.last_step, initial=start, disable=rank != 0, dynamic_ncols=True, mininterval=5)
     t0, tokens, step = time.time(), 0, start
     acc_loss, acc_n, micro_i = 0.0, 0, 0
     fam_loss: dict[str, list[float]] = {}
@@ -528,7 +598,7 @@ def train(args: TrainArgs, *, model: CometModel | None = None, sample_fn: Callab
         elapsed = time.time() - t0
         bar.update(1)
         bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tokens * world / max(elapsed, 1e-9):.0f}")
-        if rank == 0 and (step % args.log_every == 0 or step == args.steps):
+        if rank == 0 and (step % args.log_every == 0 or step == args.last_step):
             per_family = {k: round(sum(v) / len(v), 4) for k, v in sorted(fam_loss.items())}
             fam_loss = {}
             history[-1]["families"] = per_family
@@ -545,7 +615,7 @@ def train(args: TrainArgs, *, model: CometModel | None = None, sample_fn: Callab
             flag = torch.tensor([float(stop)], device=device)
             torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
             stop = bool(flag.item())
-        if rank == 0 and (step % args.save_every == 0 or step == args.steps or stop):
+        if rank == 0 and (step % args.save_every == 0 or step == args.last_step or stop):
             save_checkpoint(ckpt, model, opt, step, args, history, events)
         if stop:
             log(f"time budget reached at step {step}")

@@ -11,6 +11,9 @@
 # BATCH OF TOOL CALLS (a warm machine goes back 30 s after a call ends, sooner than a reply can be thought out):
 #   carry [".gpu/gguf.part.aa", ".whl"]          bash tools/gpu/stage.sh
 #   carry [".gpu/gguf.part.ab", ".gpu/ckpt"]     bash tools/gpu/stage.sh && bash tools/gpu/train.sh <args> ...
+# or, when the checkpoint does not fit beside the last part (the CALL PLAN line says which):
+#   carry [".gpu/gguf.part.ab"]                  bash tools/gpu/stage.sh
+#   carry [".gpu/ckpt"]                          bash tools/gpu/stage.sh && bash tools/gpu/train.sh <args> ...
 set -euo pipefail
 cd "$(git rev-parse --show-toplevel)"
 grep -qx '/.gpu/' .git/info/exclude || echo '/.gpu/' >> .git/info/exclude
@@ -39,10 +42,18 @@ limit=$(( 64 * 1024 * 1024 - 512 * 1024 ))
 whl=$(du -cb .whl | tail -1 | cut -f1)
 ckpt=$( [ -d .gpu/ckpt ] && du -cb .gpu/ckpt | tail -1 | cut -f1 || echo 0)
 part=$(( limit - tree - whl ))
-rest=$(( $(stat -c %s "$gguf") - part ))
-[ $(( rest + ckpt + tree )) -lt "$limit" ] || { echo "tree + checkpoint too large to travel in two calls"; exit 1; }
-echo "tree ${tree} B, wheels ${whl} B, checkpoint ${ckpt} B -> GGUF parts of ${part} and ${rest} B"
+[ $(( ckpt + tree )) -lt "$limit" ] || { echo "tree + checkpoint too large for one call"; exit 1; }
 rm -f .gpu/gguf.part.*
 split -b "$part" "$gguf" .gpu/gguf.part.
+parts=(.gpu/gguf.part.*)
+last=${parts[${#parts[@]}-1]}
+echo "tree ${tree} B, wheels ${whl} B, checkpoint ${ckpt} B -> ${#parts[@]} GGUF parts of at most ${part} B"
+# One call per part (.whl with the first); the checkpoint goes with the last part if both fit, else in a call of
+# its own after it (a checkpoint with the reader LoRA, ~47 MB, does not fit beside a 35 MB part).
+if [ $(( $(stat -c %s "$last") + ckpt + tree )) -lt "$limit" ]; then
+  echo "CALL PLAN: ${parts[*]} one a call, .whl with ${parts[0]}, .gpu/ckpt with $last"
+else
+  echo "CALL PLAN: ${parts[*]} one a call, .whl with ${parts[0]}, then .gpu/ckpt in a call of its own"
+fi
 sha256sum "$gguf" | cut -d' ' -f1 > .whl/gguf.sha256
 ls -la .gpu .gpu/ckpt .whl 2>/dev/null
