@@ -388,7 +388,11 @@ class MemoryEngine:
     def _answer(self, state: MemoryState, prompt: str, max_new_tokens: int) -> str:
         """The greedy answer to a rendered prompt, decoded, cut and stripped (:func:`answer_text`, what
         :func:`stream_text` joins to)."""
-        out = self.generate(state, self._prompt_ids(prompt), max_new_tokens=max_new_tokens)
+        out: list[int] = []
+        for token in self.generate_stream(state, self._prompt_ids(prompt), max_new_tokens=max_new_tokens):
+            out.append(token)
+            if cut_at_record(self.tokenizer.decode(out, skip_special_tokens=True))[1]:
+                break  # the answer ended a line ago; what follows is the stream written on
         return answer_text(self.tokenizer.decode(out, skip_special_tokens=True))
 
     def recall(self, state: MemoryState, question: str, *, max_new_tokens: int = 64) -> str:

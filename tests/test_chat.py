@@ -187,6 +187,26 @@ def test_answers_end_where_the_model_starts_writing_the_event_stream(text: str, 
         assert answer.startswith("".join(stream_text(ByteTokenizer(), iter(list(text[:cut].encode())))))
 
 
+def test_recall_stops_generating_where_the_model_writes_the_stream_on(monkeypatch) -> None:
+    """recall and chat draw no more tokens once the answer is followed by a rendered record line."""
+    engine = MemoryEngine(tiny_chat_model())
+    tok = engine.tokenizer
+    ids = tok("4711\n[user] and then a long made-up turn")["input_ids"]
+    drawn: list[int] = []
+
+    def fake_stream(state, prompt_ids, *, max_new_tokens=64, stop_ids=None):
+        for t in ids[:max_new_tokens]:
+            drawn.append(t)
+            yield t
+
+    monkeypatch.setattr(engine, "generate_stream", fake_stream)
+    assert engine.recall(engine.new_state(), "What is the code?") == "4711"
+    assert len(drawn) == len(tok("4711\n[user]")["input_ids"])  # up to the end of the header
+    drawn.clear()
+    assert engine.chat(engine.new_state(), [{"role": "user", "content": "code?"}]) == "4711"
+    assert "".join(engine.chat_stream(engine.new_state(), [{"role": "user", "content": "code?"}])) == "4711"
+
+
 def test_clone_is_a_deep_copy() -> None:
     engine = MemoryEngine(tiny_model())
     state = engine.absorb(engine.new_state(), list(range(2, 40)))
