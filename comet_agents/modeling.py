@@ -625,6 +625,7 @@ class CometModel(nn.Module):
         loss_weights: Sequence[torch.Tensor] | None = None,
         gradient_checkpointing: bool = False,
         return_logits: bool = False,
+        return_token_losses: bool = False,
     ) -> dict[str, Any]:
         """Layer-major forward over all chunks of a batch of sequences, memory reset at the start.
 
@@ -634,7 +635,8 @@ class CometModel(nn.Module):
 
         Returns ``loss`` (None if nothing is labelled), ``num_labelled``, ``sample_loss`` (each sequence's
         weighted mean, detached, for logging), the final state tensors, and ``logits`` (list per chunk) when
-        ``return_logits``.
+        ``return_logits``. With ``return_token_losses`` (no-grad diagnostics), ``token_losses``: per chunk,
+        ``(sample, cross-entropy, argmax == label)`` for each labelled position in order, or None.
         """
         cfg = self.config
         chunks = [c.to(self.device) for c in chunks]
@@ -665,9 +667,13 @@ class CometModel(nn.Module):
         sample_loss = torch.zeros(bsz, device=self.device)
         sample_weight = torch.zeros(bsz, device=self.device)
         logits_out = []
+        token_losses: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None] = []
         for c, batch in enumerate(chunks):
             if return_logits:
                 logits_out.append(self.logits(hidden[c]))
+            if return_token_losses:
+                token_losses.append(self._token_losses(hidden[c], batch.labels) if batch.labels is not None
+                                    and batch.num_labelled else None)
             if batch.labels is None:
                 continue
             if not batch.num_labelled:
@@ -689,6 +695,8 @@ class CometModel(nn.Module):
         out["has_global"], out["fifo_len"] = self._next_counters(chunks[-1], *flags[-1])
         if return_logits:
             out["logits"] = logits_out
+        if return_token_losses:
+            out["token_losses"] = token_losses
         return out
 
     def _recomputed(self, fn: Callable[..., Any], *args: Any) -> Any:
@@ -705,6 +713,15 @@ class CometModel(nn.Module):
         if any(isinstance(a, torch.Tensor) and a.requires_grad for a in args):
             return checkpoint(fn, *args, use_reentrant=True, preserve_rng_state=preserve)
         return checkpoint(fn, *args, use_reentrant=False, preserve_rng_state=preserve)
+
+    def _token_losses(self, hidden: torch.Tensor,
+                      labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(sample index, cross-entropy, greedy hit) at each labelled position of a chunk, in reading order."""
+        sel = labels != IGNORE_INDEX
+        logits = self.logits(hidden[sel]).float()
+        target = labels[sel]
+        ce = nn.functional.cross_entropy(logits, target, reduction="none")
+        return sel.nonzero()[:, 0], ce.detach(), (logits.argmax(-1) == target)
 
     def _chunk_loss(
         self, hidden: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor

@@ -767,3 +767,25 @@ def test_anneal_brings_the_rate_to_zero_early_without_a_jump(tmp_path) -> None:
     args = dataclasses.replace(args_for(tmp_path, 8), anneal=(2, 4))
     result = train(args, model=tiny_model("llama"), sample_fn=key_recall_batch, log=lambda s: None)
     assert result["step"] == 4 and len(result["history"]) == 4
+
+
+def test_token_losses_follow_each_labelled_position_and_average_to_the_sample_loss() -> None:
+    """The per-position diagnostics (tools/memory_info.py) are the training loss taken apart: for uniform
+    weights their mean per sample is ``sample_loss``, and a greedy hit is where the logits' argmax is the label."""
+    from comet_agents.training.examples import collate
+
+    model = tiny_model("llama")
+    examples = key_recall_batch(0, 0)
+    chunks, _ = collate(examples, model)
+    with torch.no_grad():
+        out = model.forward_train(chunks, return_token_losses=True, return_logits=True)
+    stats = out["token_losses"]
+    assert len(stats) == len(chunks) and all(s is None for s in stats[:-1])
+    rows, ce, hit = stats[-1]
+    labels = chunks[-1].labels
+    assert rows.tolist() == (labels != -100).nonzero()[:, 0].tolist()
+    for b in range(len(examples)):
+        torch.testing.assert_close(ce[rows == b].mean(), out["sample_loss"][b], atol=1e-5, rtol=1e-5)
+    logits = out["logits"][-1][labels != -100]
+    assert hit.tolist() == (logits.argmax(-1) == labels[labels != -100]).tolist()
+    assert len(ce) == 5 * len(examples)

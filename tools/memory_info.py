@@ -8,7 +8,9 @@ random letter). If memory carries nothing about the key, both losses have the sa
 decoy are independent draws of one distribution), so ``decoy - true`` (nats per answer token) measures the key
 information that reached the answer. Rows are grouped by the key's memory tier (open chunk, FIFO, global memory
 only), each stream laid out with the FIFO and, with ``--without-fifo``, also without it (then a closed-chunk key
-can only come through the global memory: tier ``nofifo``).
+can only come through the global memory: tier ``nofifo``). A second table follows the true key token by token
+(teacher-forced): the loss at each answer position and how often the greedy choice there is the key's token,
+which shows where in a key the memory loses it (its first digits, or the later ones).
 
     python tools/memory_info.py --model training/smollm2-default/checkpoint --closed 2 --samples 16 --without-fifo
     python tools/memory_info.py --model training/smollm2-default/checkpoint --closed 6 --samples 12
@@ -116,12 +118,20 @@ def main() -> None:
             exs = [dataclasses.replace(e, without_fifo=without) for p in group for e in p[:2]]
             batches, weights = collate(exs, model)
             with torch.no_grad():
-                losses = model.forward_train(batches, loss_weights=weights)["sample_loss"].tolist()
+                out = model.forward_train(batches, loss_weights=weights, return_token_losses=True)
+            losses = out["sample_loss"].tolist()
             for j, (true_ex, _, key, fake, tail) in enumerate(group):
                 tier = model.config.memory_tier(true_ex.key_age)
                 tier = "nofifo" if without and tier != "open" else tier
+                token_ce, token_hit = [], []
+                for stats in out["token_losses"]:
+                    if stats is not None:
+                        mine = stats[0] == 2 * j
+                        token_ce += stats[1][mine].tolist()
+                        token_hit += stats[2][mine].tolist()
                 rows.append({"key": key, "decoy": fake, "key_age": true_ex.key_age, "tier": tier, "tail": tail,
-                             "without_fifo": without, "true_loss": losses[2 * j], "decoy_loss": losses[2 * j + 1]})
+                             "without_fifo": without, "true_loss": losses[2 * j], "decoy_loss": losses[2 * j + 1],
+                             "true_token_loss": token_ce, "true_token_hit": token_hit})
     print(f"{len(rows)} scorings in {time.perf_counter() - t0:.0f} s; {a.closed} closed chunks, model {a.model}")
     print("| tier | streams | true-key loss | decoy loss | key information (decoy - true) | true below decoy |")
     print("|---|---|---|---|---|---|")
@@ -133,6 +143,21 @@ def main() -> None:
         d = sum(r["decoy_loss"] for r in sel) / len(sel)
         wins = sum(r["true_loss"] < r["decoy_loss"] for r in sel)
         print(f"| {tier} | {len(sel)} | {t:.2f} | {d:.2f} | {d - t:+.2f} | {wins}/{len(sel)} |")
+    width = max(len(r["true_token_loss"]) for r in rows)
+    print("\nTrue key, answer token by answer token (teacher-forced): loss / greedy hits; 'whole' = every token hit")
+    print("| tier | " + " | ".join(f"token {k + 1}" for k in range(width)) + " | whole |")
+    print("|---|" + "---|" * (width + 1))
+    for tier in ("open", "fifo", "nofifo", "global"):
+        sel = [r for r in rows if r["tier"] == tier]
+        if not sel:
+            continue
+        cells = []
+        for k in range(width):
+            at = [r for r in sel if len(r["true_token_loss"]) > k]
+            loss = sum(r["true_token_loss"][k] for r in at) / len(at)
+            cells.append(f"{loss:.2f} / {sum(r['true_token_hit'][k] for r in at)}/{len(at)}")
+        whole = sum(all(r["true_token_hit"]) for r in sel)
+        print(f"| {tier} | " + " | ".join(cells) + f" | {whole}/{len(sel)} |")
     if a.out:
         with open(a.out, "w") as f:
             json.dump({"model": a.model, "closed": a.closed, "seed": a.seed, "rows": rows}, f, indent=1)
