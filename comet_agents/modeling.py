@@ -412,9 +412,10 @@ class CometModel(nn.Module):
         LoRA or no such position."""
         if self.reader_lora is None or has_memory is None:
             return None
-        rows = ~self.is_added_token(input_ids) & has_memory.to(input_ids.device)[:, None]
+        device = input_ids.device
+        rows = ~self.is_added_token(input_ids) & has_memory.to(device)[:, None]
         if lengths is not None:
-            rows &= torch.arange(input_ids.shape[1], device=input_ids.device)[None, :] < lengths.to(input_ids.device)[:, None]
+            rows &= torch.arange(input_ids.shape[1], device=device)[None, :] < lengths.to(device)[:, None]
         rows = rows.reshape(-1).nonzero().squeeze(1)
         return rows if rows.numel() else None
 
