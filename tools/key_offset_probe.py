@@ -9,6 +9,10 @@ exactly ``tail`` tokens past its last full chunk.
     python tools/key_offset_probe.py --model training/smollm2-default/checkpoint --closed 4 --key-chunk 1 \\
         --offsets 300,1000 --tails 10,500 --trials 3 --out docs/data/key-offset-....json
 
+``--key-kinds distinct,repeated`` asks whether a key's own repeated digits confuse the read: each trial then
+runs once per kind with the same haystack and place, the key of seven digits drawn with all digits distinct or
+with some digit twice or more (a random seven-digit key has a repeated digit 94 % of the time).
+
 Deterministic (seeded keys and filler); on 2 CPU cores about 15 s per case at 4 closed chunks.
 """
 
@@ -48,6 +52,20 @@ def case_ids(engine: MemoryEngine, closed: int, key_chunk: int, offset: int, tai
     return ids[:total], at
 
 
+KEY_KINDS = ("random", "distinct", "repeated")
+
+
+def draw_key(rng: random.Random, kind: str) -> str:
+    """A pass key of the given kind: ``random`` 5-7 digits as in the grid, or seven digits all ``distinct`` /
+    with a ``repeated`` digit (first digit never 0)."""
+    if kind == "random":
+        return str(rng.randrange(10**4, 10**7))
+    while True:
+        key = str(rng.randrange(10**6, 10**7))
+        if (len(set(key)) == len(key)) == (kind == "distinct"):
+            return key
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="training/smollm2-default/checkpoint")
@@ -56,6 +74,8 @@ def main() -> None:
     ap.add_argument("--offsets", default="300,1000", help="key offsets inside its chunk (tokens)")
     ap.add_argument("--tails", default="10,500", help="stream tokens left in the open chunk")
     ap.add_argument("--trials", type=int, default=3)
+    ap.add_argument("--key-kinds", default="random",
+                    help=f"comma-separated, of {', '.join(KEY_KINDS)}: each trial runs once per kind, same haystack")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--out", help="write the rows as JSON here")
     a = ap.parse_args()
@@ -67,30 +87,36 @@ def main() -> None:
     tails = [int(x) for x in a.tails.split(",")]
     if any(not 0 <= o < C for o in offsets) or any(not 0 <= t < C for t in tails):
         ap.error(f"offsets and tails must be in [0, {C})")
+    kinds = a.key_kinds.split(",")
+    if any(k not in KEY_KINDS for k in kinds):
+        ap.error(f"--key-kinds must be among {', '.join(KEY_KINDS)}, got {a.key_kinds!r}")
     rng = random.Random(0)
     rows = []
     t0 = time.time()
     for tail in tails:
         for offset in offsets:
-            for trial in range(a.trials):
-                key = str(rng.randrange(10**4, 10**7))
-                ids, at = case_ids(engine, a.closed, a.key_chunk, offset, tail, key, rng.randrange(2**31))
+            for trial, kind in ((t, k) for t in range(a.trials) for k in kinds):
+                key = draw_key(rng, kind)
+                if kind == kinds[0]:  # after the key, as before kinds existed: the old runs repeat
+                    seed = rng.randrange(2**31)
+                ids, at = case_ids(engine, a.closed, a.key_chunk, offset, tail, key, seed)
                 state = engine.new_state()
                 engine.absorb(state, ids)
                 answer = engine.recall(state, QUESTION, max_new_tokens=16)
                 age = key_age(at, len(ids), C)
                 row = {"tokens": len(ids), "tail": len(state.pending[0]), "target_offset": offset,
                        "key_offset": at % C, "key_age": age, "memory": engine.config.memory_tier(age),
-                       "trial": trial, "key": key, "answer": answer, "correct": key in answer}
+                       "trial": trial, "key_kind": kind, "key": key, "answer": answer, "correct": key in answer}
                 rows.append(row)
                 print(" ".join(f"{k}={v!r}" for k, v in row.items()), flush=True)
     print(f"{len(rows)} cases in {time.time() - t0:.0f} s on {a.device}; model {a.model}")
-    print("| tail | key offset in its chunk (target, within 32) | found |")
-    print("|---|---|---|")
+    print("| tail | key offset in its chunk (target, within 32) | key kind | found |")
+    print("|---|---|---|---|")
     for tail in tails:
         for offset in offsets:
-            rs = [r for r in rows if r["tail"] == tail and r["target_offset"] == offset]
-            print(f"| {tail} | {offset} | {sum(r['correct'] for r in rs)}/{len(rs)} |")
+            for kind in kinds:
+                rs = [r for r in rows if r["tail"] == tail and r["target_offset"] == offset and r["key_kind"] == kind]
+                print(f"| {tail} | {offset} | {kind} | {sum(r['correct'] for r in rs)}/{len(rs)} |")
     if a.out:
         with open(a.out, "w") as f:
             json.dump(rows, f, indent=1)
