@@ -278,6 +278,33 @@ def test_adapter_save_load_round_trip(tmp_path) -> None:
                                e2.absorb(e2.new_state(), toks).global_state, atol=0, rtol=0)
 
 
+def test_ship_tool_copies_the_adapter_with_its_note_and_refuses_an_oversized_one(tmp_path) -> None:
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(
+        "ship_adapter", Path(__file__).resolve().parents[1] / "tools" / "ship_adapter.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    model = tiny_model("llama")
+    model.save_pretrained(tmp_path / "ckpt")
+    dest = tool.ship(tmp_path / "ckpt", "Preview.", tmp_path / "weights")
+    shipped, saved = dest / "comet_adapter.safetensors", tmp_path / "ckpt" / "comet_adapter.safetensors"
+    assert shipped.read_bytes() == saved.read_bytes()
+    assert json.loads((dest / "comet_config.json").read_text())["meta"]["note"] == "Preview."
+    assert CometConfig.load(dest)[0] == model.config
+    tool.ship(tmp_path / "ckpt", "", dest)
+    assert "note" not in json.loads((dest / "comet_config.json").read_text())["meta"]
+    with open(tmp_path / "ckpt" / "comet_adapter.safetensors", "r+b") as f:
+        f.truncate(tool.LIMIT)
+    with pytest.raises(ValueError, match="must stay under 24 MiB"):
+        tool.ship(tmp_path / "ckpt", "x", tmp_path / "other")
+    assert not (tmp_path / "other").exists()
+    with pytest.raises(FileNotFoundError):
+        tool.ship(tmp_path / "nothing", "x", tmp_path / "other")
+
+
 def test_unsupported_backbone_is_refused() -> None:
     from transformers import GPT2Config, GPT2LMHeadModel
 

@@ -124,3 +124,31 @@ def test_untrained_adapter_is_detected(tmp_path):
     (tmp_path / ADAPTER_FILE).write_bytes(b"")
     assert DemoBackend._is_trained(str(tmp_path)) is True
     assert os.path.exists(tmp_path / ADAPTER_FILE)
+
+
+def test_the_header_shows_the_adapter_note_or_the_untrained_warning(tmp_path):
+    """An adapter's comet_config.json may carry a ``note`` in its meta (the shipped preview says what it cannot do
+    yet); the page header shows it, and a missing or unreadable config gives no note."""
+    import json
+
+    from comet_demo.app import header_md
+
+    (tmp_path / "comet_config.json").write_text(json.dumps({"comet": {}, "meta": {"note": "Preview <step 9>."}}))
+    assert DemoBackend._adapter_note(str(tmp_path)) == "Preview <step 9>."
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "comet_config.json").write_text("{not json")
+    assert DemoBackend._adapter_note(str(tmp_path / "bad")) == ""
+    assert DemoBackend._adapter_note(str(tmp_path / "absent")) == ""
+    assert DemoBackend._adapter_note(object()) == ""
+
+    class Stub:
+        def __init__(self, **status):
+            self._status = {"state": "loading", "model": "m", **status}
+
+        def status(self):
+            return self._status
+
+    shown = header_md(Stub(trained=True, adapter_note="Preview <step 9>."))
+    assert "**Adapter:** Preview &lt;step 9&gt;." in shown and "Untrained" not in shown
+    assert "Untrained adapter" in header_md(Stub(trained=False, adapter_note="ignored"))
+    assert "Adapter:" not in header_md(Stub(trained=True, adapter_note=""))

@@ -370,8 +370,10 @@ def test_comet_agents_demo_command_serves_the_page(browser, tmp_path):
         header = page.locator("#header")
         expect(header).to_contain_text("comet-agents", timeout=WAIT)
         expect(header).to_contain_text("SmolLM2", timeout=600_000)  # the background load finished
-        if (WEIGHTS_DIR / ADAPTER_FILE).exists():  # the shipped adapter loaded: no warning
+        if (WEIGHTS_DIR / ADAPTER_FILE).exists():  # the shipped adapter loaded: no warning, its note if any
             expect(header).not_to_contain_text("Untrained adapter")
+            if DemoBackend._adapter_note("default"):
+                expect(header).to_contain_text("Adapter:")
         else:
             expect(header).to_contain_text("Untrained adapter")
         expect(page.locator('#panel [data-stat="state_bytes"]')).to_be_attached(timeout=WAIT)

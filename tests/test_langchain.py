@@ -218,6 +218,8 @@ def test_a_tool_fact_absorbed_5_chunks_earlier_reaches_the_prompt_while_history_
 @pytest.mark.slow
 @pytest.mark.skipif(not WEIGHTS.exists(), reason="no trained adapter ships yet (comet_agents/weights/"
                     "comet_adapter.safetensors)")
+@pytest.mark.xfail(strict=True, reason="issue 3, fidelity: the shipped step-3,486 adapter recalls '44114' for 4711 "
+                   "six chunks back (docs/results.md); strict, so the day it passes this marker must go")
 def test_default_model_recalls_a_tool_fact_5_chunks_later(tmp_path):
     """The real thing: the trained default model brings a tool's fact, absorbed 5+ chunks earlier, into the prompt."""
     with ComeTMemory("base", store=f"sqlite:///{tmp_path / 'd.db'}") as mem:

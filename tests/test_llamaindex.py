@@ -450,6 +450,8 @@ ADAPTER = Path(__file__).resolve().parents[1] / "comet_agents" / "weights" / "co
 
 @pytest.mark.slow
 @pytest.mark.skipif(not ADAPTER.exists(), reason="no trained default adapter ships yet (comet_agents/weights)")
+@pytest.mark.xfail(strict=True, reason="issue 3, fidelity: the shipped step-3,486 adapter answers '714422' for "
+                   "71432 told 30 turns earlier (docs/results.md); strict, so the day it passes this marker must go")
 def test_comet_llm_with_the_default_model_answers_from_memory(url) -> None:
     cm = ComeTChatMemory.from_defaults("alice", store=url, window_tokens=200)
     engine = SimpleChatEngine.from_defaults(memory=cm, llm=ComeTLLM(memory=cm.memory, max_new_tokens=24))

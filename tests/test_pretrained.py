@@ -41,6 +41,15 @@ def test_adapter_directory_round_trip(tmp_path) -> None:
 SHIPPED = (WEIGHTS_DIR / ADAPTER_FILE).exists()
 
 
+@pytest.mark.skipif(not SHIPPED, reason="no trained default adapter is shipped yet (issue 3)")
+def test_shipped_adapter_is_small_and_matches_its_base() -> None:
+    """Issue 3: the adapter in the package stays under 24 MB and names the base it was trained on (the loader
+    checks the fingerprint against the base it builds)."""
+    assert (WEIGHTS_DIR / ADAPTER_FILE).stat().st_size < 24 * 1024 * 1024
+    meta = json.loads((WEIGHTS_DIR / "comet_config.json").read_text())["meta"]
+    assert meta["base_name"] == "HuggingFaceTB/SmolLM2-135M-Instruct" and meta["base_fingerprint"]
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not SHIPPED, reason="no trained default adapter is shipped yet (issue 3)")
 @pytest.mark.parametrize("key", ["71432", "K7-Q2M9"])

@@ -107,6 +107,8 @@ def header_md(backend: DemoBackend) -> str:
         lines.append("> **Untrained adapter:** the trained CoMeT adapter has not shipped yet "
                      "(`comet_agents/weights/comet_adapter.safetensors` is absent), so answers are nonsense. "
                      "The sizes, speeds and the version history are real.")
+    elif s.get("adapter_note"):
+        lines.append(f"> **Adapter:** {html.escape(s['adapter_note'])}")
     return "\n\n".join(lines)
 
 

@@ -11,6 +11,7 @@ listed, and any can be opened).
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import random
@@ -253,6 +254,7 @@ class DemoBackend:
         self.max_upload_bytes = int(max_upload_mb * 2**20)
         self.model_name = model if isinstance(model, (str, Path)) else type(model).__name__
         self.trained = self._is_trained(model) if trained is None else trained
+        self.adapter_note = self._adapter_note(model)
         self._secret = secret
         self._engine: MemoryEngine | None = None
         self._error: BaseException | None = None
@@ -277,6 +279,21 @@ class DemoBackend:
             return (where / ADAPTER_FILE).exists()
         return False  # a model object: we cannot tell; say so
 
+    @staticmethod
+    def _adapter_note(model: Any) -> str:
+        """The ``note`` in the ``meta`` of an adapter's comet_config.json (the shipped preview says there what it
+        cannot do yet), shown in the page header; empty for model objects and adapters without one."""
+        from comet_agents.modeling import WEIGHTS_DIR
+
+        if not isinstance(model, (str, Path)):
+            return ""
+        where = WEIGHTS_DIR if str(model) == "default" else Path(model)
+        try:
+            meta = json.loads((where / "comet_config.json").read_text(encoding="utf-8")).get("meta", {})
+        except (OSError, ValueError, AttributeError):
+            return ""
+        return str(meta.get("note", "")) if isinstance(meta, dict) else ""
+
     def _load(self, model: Any, device: str | None) -> None:
         try:
             self._engine = shared_engine(model, device)
@@ -299,12 +316,14 @@ class DemoBackend:
 
     def status(self) -> dict[str, Any]:
         if not self._ready.is_set():
-            return {"state": "loading", "model": str(self.model_name), "trained": self.trained}
+            return {"state": "loading", "model": str(self.model_name), "trained": self.trained,
+                    "adapter_note": self.adapter_note}
         if self._engine is None:
             return {"state": "error", "model": str(self.model_name), "trained": self.trained,
-                    "error": str(self._error)}
+                    "adapter_note": self.adapter_note, "error": str(self._error)}
         m = self._engine.model
-        return {"state": "ready", "model": m.base_name, "trained": self.trained, "device": str(m.device),
+        return {"state": "ready", "model": m.base_name, "trained": self.trained, "adapter_note": self.adapter_note,
+                "device": str(m.device),
                 "dtype": str(m.dtype).replace("torch.", ""), "state_bytes": m.new_state().nbytes(),
                 "chunk_size": m.config.chunk_size}
 
