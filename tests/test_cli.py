@@ -32,7 +32,12 @@ def test_info_reports_model_and_state_size() -> None:
     info = json.loads(result.output[result.output.index("{"):])
     assert info["base"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
     assert info["layers"] == 30 and info["hidden_size"] == 576
-    assert info["memory_parameters"] == 36 * 576 * 30  # 36 d per layer
+    cfg, d, r = info["config"], 576, info["config"]["adapter_rank"]
+    temporary = d + 2 * r * d  # norm + low-rank adapter
+    # the global net: norm, gate over [memory; update] and adapter; only the gate when the FIFO's evictions
+    # write the global memory (the shipped adapter's global_source="evicted")
+    global_net = 2 * d if cfg["global_source"] == "evicted" else d + 2 * d + 2 * r * d
+    assert info["memory_parameters"] == (temporary + global_net) * 30
     assert info["state_bytes_per_session"] > 0
 
 
