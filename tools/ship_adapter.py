@@ -11,14 +11,12 @@ config does not load.
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 from pathlib import Path
 
 from comet_agents.config import CometConfig
 from comet_agents.modeling import ADAPTER_FILE, WEIGHTS_DIR
 
-CONFIG_FILE = "comet_config.json"
 LIMIT = 24 * 1024 * 1024
 
 
@@ -30,16 +28,11 @@ def ship(checkpoint: Path, note: str, dest: Path = WEIGHTS_DIR) -> Path:
     if adapter.stat().st_size >= LIMIT:
         raise ValueError(f"{adapter} is {adapter.stat().st_size / 2**20:.1f} MiB; the shipped adapter must stay "
                          f"under {LIMIT / 2**20:.0f} MiB")
-    CometConfig.load(checkpoint)  # a config that does not load must not ship
-    config = json.loads((checkpoint / CONFIG_FILE).read_text(encoding="utf-8"))
-    meta = config.setdefault("meta", {})
-    if note:
-        meta["note"] = note
-    else:
-        meta.pop("note", None)
+    config, meta = CometConfig.load(checkpoint)  # a config that does not load must not ship
+    meta = {k: v for k, v in meta.items() if k != "note"} | ({"note": note} if note else {})
     dest.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(adapter, dest / ADAPTER_FILE)
-    (dest / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+    config.save(dest, extra=meta)
     return dest
 
 

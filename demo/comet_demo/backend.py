@@ -11,7 +11,6 @@ listed, and any can be opened).
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import random
@@ -271,26 +270,33 @@ class DemoBackend:
     # ---- model ------------------------------------------------------------------------------------------------
 
     @staticmethod
-    def _is_trained(model: Any) -> bool:
-        from comet_agents.modeling import ADAPTER_FILE, WEIGHTS_DIR
-
-        if isinstance(model, (str, Path)):
-            where = WEIGHTS_DIR if str(model) == "default" else Path(model)
-            return (where / ADAPTER_FILE).exists()
-        return False  # a model object: we cannot tell; say so
-
-    @staticmethod
-    def _adapter_note(model: Any) -> str:
-        """The ``note`` in the ``meta`` of an adapter's comet_config.json (the shipped preview says there what it
-        cannot do yet), shown in the page header; empty for model objects and adapters without one."""
+    def _adapter_dir(model: Any) -> Path | None:
+        """Where the adapter of a model given by name would be; None for a model object (we cannot tell)."""
         from comet_agents.modeling import WEIGHTS_DIR
 
-        if not isinstance(model, (str, Path)):
+        if isinstance(model, (str, Path)):
+            return WEIGHTS_DIR if str(model) == "default" else Path(model)
+        return None
+
+    @classmethod
+    def _is_trained(cls, model: Any) -> bool:
+        from comet_agents.modeling import ADAPTER_FILE
+
+        where = cls._adapter_dir(model)
+        return where is not None and (where / ADAPTER_FILE).exists()
+
+    @classmethod
+    def _adapter_note(cls, model: Any) -> str:
+        """The ``note`` in the ``meta`` of an adapter's comet_config.json (the shipped preview says there what it
+        cannot do yet), shown in the page header; empty for model objects and adapters without a readable one."""
+        from comet_agents.config import CometConfig
+
+        where = cls._adapter_dir(model)
+        if where is None:
             return ""
-        where = WEIGHTS_DIR if str(model) == "default" else Path(model)
         try:
-            meta = json.loads((where / "comet_config.json").read_text(encoding="utf-8")).get("meta", {})
-        except (OSError, ValueError, AttributeError):
+            _, meta = CometConfig.load(where)
+        except (OSError, ValueError, TypeError):
             return ""
         return str(meta.get("note", "")) if isinstance(meta, dict) else ""
 
