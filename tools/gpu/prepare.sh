@@ -33,6 +33,13 @@ if [ -f "$src/trainer_state.json" ]; then
 else
   echo "no checkpoint in $src: the run starts fresh"
 fi
+# The shipped adapter (comet_agents/weights, ~16 MB) is not used on the GPU machine and would push tree + checkpoint
+# past the limit: removed here while unmodified; `git checkout comet_agents/weights` brings it back afterwards.
+shipped=comet_agents/weights/comet_adapter.safetensors
+if [ -f "$shipped" ] && git ls-files --error-unmatch "$shipped" >/dev/null 2>&1 && git diff --quiet -- "$shipped"; then
+  rm -f "$shipped"
+  echo "removed $shipped from the working tree for the GPU calls (git checkout comet_agents/weights restores it)"
+fi
 python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
   --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 -d .whl gguf==0.19.0 platformdirs
 # Sizes as the device tool counts them: the files present in the working tree, plus what each call carries.
