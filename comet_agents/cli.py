@@ -81,7 +81,7 @@ def passkey(
         raise typer.BadParameter("--depth must be between 0 and 1")
     from tqdm import tqdm
 
-    from .evaluation import QUESTION, passkey_case
+    from .evaluation import QUESTION, passkey_case, passkey_found
 
     t_load = time.perf_counter()
     engine = _load(model, device)
@@ -98,7 +98,7 @@ def passkey(
     answer = engine.recall(state, QUESTION, max_new_tokens=16)
     t_answer = time.perf_counter() - t0
     typer.echo(f"pass key:      {key} (depth {depth:.0%} of {len(ids):,} tokens)")
-    typer.echo(f"answer:        {answer!r}  -> {'CORRECT' if key in answer else 'wrong'}")
+    typer.echo(f"answer:        {answer!r}  -> {'CORRECT' if passkey_found(key, answer) else 'wrong'}")
     typer.echo(f"model load:    {t_load:.1f} s")
     typer.echo(f"absorb:        {t_absorb:.1f} s ({len(ids) / max(t_absorb, 1e-9):,.0f} tokens/s, "
                f"{int(state.chunks)} chunks, {len(state.pending[0])} tokens pending)")

@@ -2,7 +2,7 @@
 
 * ``eval passkey`` (:func:`passkey_grid`): a grid of stream lengths x needle depths. Each cell absorbs a haystack
   with a random key at the given relative depth and asks for it; a cell is correct when the key appears in the
-  answer. Sessions of one length are absorbed as a batch (one session per depth and trial), which is exactly the
+  answer as a whole (:func:`passkey_found`: "80059700" is not 8005970). Sessions of one length are absorbed as a batch (one session per depth and trial), which is exactly the
   batched engine path users get.
 * ``eval qa`` (:func:`run_qa`, :func:`qa_markdown`): held-out generated QA per task family and stream length,
   answered by CoMeT and by the plain base model with the stream truncated to CoMeT's attention span
@@ -31,6 +31,7 @@ import torch
 
 from .engine import MemoryEngine, answer_text, chat_question, token_index_at
 from .layout import key_age
+from .training.data.common import standalone_starts
 
 QUESTION = "What is the pass key?"
 SHORT_TAIL = 64  # tokens of stream left in the open chunk under which grid_markdown counts a tail as short
@@ -148,7 +149,7 @@ def passkey_grid(
             age = key_age(key_at, len(toks), C)
             row = {"length": length, "tokens": len(toks), "depth": depth, "trial": trial, "key": key,
                    "key_age": age, "memory": engine.config.memory_tier(age), "key_offset": key_at % C,
-                   "chunk_size": C, "tail": tail, "answer": answer, "correct": key in answer}
+                   "chunk_size": C, "tail": tail, "answer": answer, "correct": passkey_found(key, answer)}
             group_rows.append(row)
             if log:
                 log(f"len={length} depth={depth:.2f} key={key} memory={row['memory']} answer={answer!r} "
@@ -334,6 +335,16 @@ def normalize(text: str | None) -> str:
     text = "".join(" " if ch.isspace() else ch for ch in text if not _is_punct(ch))
     text = _ARTICLES.sub(" ", text)
     return " ".join(text.split())
+
+
+def passkey_found(key: str, answer: str) -> bool:
+    """True when ``key`` occurs in ``answer`` with no letter or digit right before or after it.
+
+    The answer may say more ("The pass key is 8005970."), but a key padded, cut or run into other characters is
+    wrong: ``"80059700"`` does not hold 8005970 and ``"44711"`` does not hold 4711 (plain containment, used by the
+    grids before 2026-12-04, counted both as found).
+    """
+    return bool(standalone_starts(answer, key))
 
 
 def is_correct(prediction: str | None, gold: str) -> bool:

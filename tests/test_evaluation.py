@@ -20,6 +20,7 @@ from comet_agents.evaluation import (
     heldout_seed,
     is_correct,
     normalize,
+    passkey_found,
     preservation_markdown,
     qa_items,
     qa_markdown,
@@ -70,6 +71,26 @@ def test_normalize(text, expected) -> None:
 )
 def test_is_correct(prediction, gold, expected) -> None:
     assert is_correct(prediction, gold) is expected
+
+
+@pytest.mark.parametrize(
+    ("key", "answer", "expected"),
+    [
+        ("8005970", "8005970", True),
+        ("8005970", "The pass key is 8005970.", True),
+        ("8005970", "80059700", False),  # padded: counted as found by plain containment before 2026-12-04
+        ("4711", "44711", False),
+        ("4711", "47111", False),
+        ("1976505", "197650", False),  # cut
+        ("K7-Q2M9", "The code is K7-Q2M9!", True),
+        ("K7-Q2M9", "XK7-Q2M9", False),
+        ("123", "1234 and 123", True),  # any standalone occurrence
+        ("123", "", False),
+        ("", "123", False),
+    ],
+)
+def test_passkey_found(key, answer, expected) -> None:
+    assert passkey_found(key, answer) is expected
 
 
 # ---- held-out items -----------------------------------------------------------------------------------------------

@@ -160,9 +160,9 @@ def test_passkey_key_only_in_needle(seed):
     s = passkey.generate(seed, 1500)
     key, needle = s.meta["key"], s.meta["needle"]
     assert [q.answer for q in s.qa] == [key]
-    assert re.fullmatch(r"[1-9]\d{4,6}|[A-Z0-9]{2,4}-?[A-Z0-9]{2,4}", key), key
+    assert re.fullmatch(r"[1-9]\d{2,8}|[A-Z0-9]{2,4}-?[A-Z0-9]{2,4}", key), key
     assert key in needle and needle in s.stream
-    assert s.stream.count(key) == needle.count(key)
+    assert passkey.key_occurrences(s.stream, key) == passkey.key_occurrences(needle, key) >= 1
     assert s.stream.index(needle) == s.meta["needle_char_offset"]
 
 
@@ -173,7 +173,22 @@ def test_passkey_variety():
     assert len({s.qa[0].question for s in samples}) >= 8
     keys = [s.meta["key"] for s in samples]
     assert any(k.isdigit() for k in keys) and any(not k.isdigit() for k in keys)
-    assert all(5 <= len(k) <= 7 for k in keys if k.isdigit())
+    lengths = {len(k) for k in keys if k.isdigit()}
+    assert lengths <= set(range(3, 10)) and min(lengths) <= 4 and max(lengths) >= 8  # short PINs and long ids
+
+
+def test_key_occurrences_counts_standalone_keys_only():
+    assert passkey.key_occurrences("key 964. took 19642 ms, id A964, 964", "964") == 2
+    assert passkey.key_occurrences("K7-Q2M9 and XK7-Q2M9", "K7-Q2M9") == 1
+
+
+@pytest.mark.parametrize("family", ["generate", "generate_in_memory", "generate_multi"])
+def test_short_keys_build_in_long_streams(family):
+    """Keys of 3 digits are common substrings of a log filler's numbers; every stream must still build."""
+    for seed in range(60):
+        s = getattr(passkey, family)(seed, 16000)
+        for q in s.qa:
+            assert passkey.key_occurrences(s.stream, q.answer) >= 1
 
 
 @pytest.mark.parametrize("filler", passkey.FILLER_STYLES)
@@ -518,7 +533,7 @@ def test_passkey_multi_asks_each_labelled_key_once(seed: int) -> None:
         assert offsets[-1] > 0.9 * len(s.stream)
     for key, lab, off in zip(keys, labels, offsets):
         needle_end = s.stream.index("\n", off)
-        assert s.stream.count(key) == s.stream[off:needle_end].count(key) >= 1
+        assert passkey.key_occurrences(s.stream, key) == passkey.key_occurrences(s.stream[off:needle_end], key) >= 1
         assert lab in s.stream[off:needle_end]
 
 

@@ -12,6 +12,9 @@ exactly ``tail`` tokens past its last full chunk.
 ``--key-kinds distinct,repeated`` asks whether a key's own repeated digits confuse the read: each trial then
 runs once per kind with the same haystack and place, the key of seven digits drawn with all digits distinct or
 with some digit twice or more (a random seven-digit key has a repeated digit 94 % of the time).
+``--key-kinds 3d,4d,7d,9d`` asks the same of the key's length (N random digits, first never 0). A row's
+``correct`` is the grid's test since 2026-12-04 (the key stands alone in the answer, ``passkey_found``);
+``contained`` is the plain containment rows had before ("4711" is in "44711").
 
 Deterministic (seeded keys and filler); on 2 CPU cores about 15 s per case at 4 closed chunks.
 """
@@ -21,11 +24,12 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import re
 import time
 
 from comet_agents import CometModel
 from comet_agents.engine import MemoryEngine
-from comet_agents.evaluation import QUESTION, passkey_haystack
+from comet_agents.evaluation import QUESTION, passkey_found, passkey_haystack
 from comet_agents.layout import key_age
 
 
@@ -52,7 +56,7 @@ def case_ids(engine: MemoryEngine, closed: int, key_chunk: int, offset: int, tai
     return ids[:total], at
 
 
-KEY_KINDS = ("random", "distinct", "repeated")
+KEY_KINDS = ("random", "distinct", "repeated", "Nd (N random digits, 1-12)")
 
 
 def draw_key(rng: random.Random, kind: str) -> str:
@@ -60,10 +64,18 @@ def draw_key(rng: random.Random, kind: str) -> str:
     with a ``repeated`` digit (first digit never 0)."""
     if kind == "random":
         return str(rng.randrange(10**4, 10**7))
+    if (n := digits_of(kind)) is not None:
+        return str(rng.randrange(10 ** (n - 1), 10**n))
     while True:
         key = str(rng.randrange(10**6, 10**7))
         if (len(set(key)) == len(key)) == (kind == "distinct"):
             return key
+
+
+def digits_of(kind: str) -> int | None:
+    """N for a kind ``Nd`` (1 <= N <= 12), else None."""
+    m = re.fullmatch(r"(\d+)d", kind)
+    return int(m.group(1)) if m and 1 <= int(m.group(1)) <= 12 else None
 
 
 def main() -> None:
@@ -88,7 +100,7 @@ def main() -> None:
     if any(not 0 <= o < C for o in offsets) or any(not 0 <= t < C for t in tails):
         ap.error(f"offsets and tails must be in [0, {C})")
     kinds = a.key_kinds.split(",")
-    if any(k not in KEY_KINDS for k in kinds):
+    if any(k not in KEY_KINDS[:3] and digits_of(k) is None for k in kinds):
         ap.error(f"--key-kinds must be among {', '.join(KEY_KINDS)}, got {a.key_kinds!r}")
     rng = random.Random(0)
     rows = []
@@ -106,17 +118,19 @@ def main() -> None:
                 age = key_age(at, len(ids), C)
                 row = {"tokens": len(ids), "tail": len(state.pending[0]), "target_offset": offset,
                        "key_offset": at % C, "key_age": age, "memory": engine.config.memory_tier(age),
-                       "trial": trial, "key_kind": kind, "key": key, "answer": answer, "correct": key in answer}
+                       "trial": trial, "key_kind": kind, "key": key, "answer": answer,
+                       "correct": passkey_found(key, answer), "contained": key in answer}
                 rows.append(row)
                 print(" ".join(f"{k}={v!r}" for k, v in row.items()), flush=True)
     print(f"{len(rows)} cases in {time.time() - t0:.0f} s on {a.device}; model {a.model}")
-    print("| tail | key offset in its chunk (target, within 32) | key kind | found |")
-    print("|---|---|---|---|")
+    print("| tail | key offset in its chunk (target, within 32) | key kind | found | contained |")
+    print("|---|---|---|---|---|")
     for tail in tails:
         for offset in offsets:
             for kind in kinds:
                 rs = [r for r in rows if r["tail"] == tail and r["target_offset"] == offset and r["key_kind"] == kind]
-                print(f"| {tail} | {offset} | {kind} | {sum(r['correct'] for r in rs)}/{len(rs)} |")
+                print(f"| {tail} | {offset} | {kind} | {sum(r['correct'] for r in rs)}/{len(rs)} "
+                      f"| {sum(r['contained'] for r in rs)}/{len(rs)} |")
     if a.out:
         with open(a.out, "w") as f:
             json.dump(rows, f, indent=1)

@@ -18,6 +18,7 @@ import torch
 from ..config import CometConfig
 from ..engine import chat_question, encode_text, token_index_at
 from ..events import render
+from .data.common import standalone_starts
 from ..layout import LayoutBatch, SpecialIds, key_age, layout_labels, pad_layouts, sequence_layouts, shift_labels
 from ..modeling import CometModel
 
@@ -66,13 +67,14 @@ def qa_pieces(tokenizer: Any, qa: Sequence[Any]) -> list[tuple[str, bool]]:
 
 
 def cut_stream(sample: Any, stream: list[int], tokenizer: Any, start: int, stop: int) -> list[int] | None:
-    """``stream[start:stop]`` (the sample's stream tokens) when the cut keeps every occurrence of every answer,
-    else None: a sample whose answers are not all spelled out in its stream (a count, a summary) is never cut."""
+    """``stream[start:stop]`` (the sample's stream tokens) when the cut keeps every standalone occurrence
+    (:func:`~comet_agents.training.data.common.standalone_starts`) of every answer, else None: a sample whose
+    answers are not all spelled out in its stream (a count, a summary) is never cut."""
     answers = [item.answer for item in sample.qa]
-    if not answers or any(not a or a not in sample.stream for a in answers):
+    if not answers or any(not standalone_starts(sample.stream, a) for a in answers):
         return None
     kept = tokenizer.decode(stream[start:stop])
-    if all(kept.count(a) == sample.stream.count(a) for a in answers):
+    if all(len(standalone_starts(kept, a)) == len(standalone_starts(sample.stream, a)) for a in answers):
         return stream[start:stop]
     return None
 
@@ -112,9 +114,10 @@ def chunk_end_cut(sample: Any, stream: list[int], tokenizer: Any, chunk_size: in
     if closed < 1 or not 0 <= tail < chunk_size:
         raise ValueError(f"need closed >= 1 and 0 <= tail < {chunk_size}, got {closed} and {tail}")
     answer = sample.qa[0].answer if sample.qa else ""
-    if not answer or answer not in sample.stream:
+    starts = standalone_starts(sample.stream, answer)
+    if not starts:
         return None
-    at = token_index_at(tokenizer, sample.stream, sample.stream.index(answer), len(stream))
+    at = token_index_at(tokenizer, sample.stream, starts[0], len(stream))
     length = closed * chunk_size + tail
     q = min(at, closed * chunk_size - 1)
     q -= (q - (chunk_size - from_end)) % chunk_size  # the latest index <= q at chunk_size - from_end of a chunk

@@ -9,6 +9,7 @@ arguments always give the same :class:`Sample` (all randomness comes from ``rand
 from __future__ import annotations
 
 import random
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Union
@@ -25,10 +26,21 @@ __all__ = [
     "check_target",
     "FAMILIES",
     "generate_mixed",
+    "standalone_starts",
 ]
 
 TokenCounter = Callable[[str], int]
 """Counts the tokens of a text, e.g. ``lambda s: len(tokenizer(s).input_ids)``."""
+
+
+def standalone_starts(text: str, answer: str) -> list[int]:
+    """Where ``answer`` starts in ``text`` with no ASCII letter or digit right before or after it.
+
+    Short answers are often parts of longer words and numbers ("964" in "19642 ms", "mum" in "mummy"); only a
+    standalone occurrence states the answer, for building streams as for scoring answers."""
+    if not answer:
+        return []
+    return [m.start() for m in re.finditer(rf"(?<![0-9A-Za-z]){re.escape(answer)}(?![0-9A-Za-z])", text)]
 
 
 def approx_tokens(text: str) -> int:

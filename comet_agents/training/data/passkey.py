@@ -25,7 +25,7 @@ from collections.abc import Iterator
 from comet_agents.events import ChatMessage, Event, TextEvent, render
 
 from . import agent_trajectory, conversation, user_behaviour, vocab
-from .common import QA, Sample, TokenCounter, approx_tokens, check_target, make_rng
+from .common import QA, Sample, TokenCounter, approx_tokens, check_target, make_rng, standalone_starts
 
 __all__ = [
     "FAMILY",
@@ -34,6 +34,7 @@ __all__ = [
     "CANONICAL_NEEDLE",
     "NEEDLE_TEMPLATES",
     "QUESTIONS",
+    "key_occurrences",
     "make_key",
     "make_passkey_haystack",
     "generate",
@@ -78,10 +79,19 @@ _DIGITS = "23456789"  # no 0 / 1
 _CODE_PATTERNS = ("LD-LDLD", "LL-DDDD", "DLL-DLD", "LLLDD", "LDLD-DL")
 
 
+def key_occurrences(text: str, key: str) -> int:
+    """How often ``key`` occurs in ``text`` with no letter or digit right before or after it."""
+    return len(standalone_starts(text, key))
+
+
 def make_key(rng: random.Random) -> str:
-    """A 5-7 digit number (70%) or a short alphanumeric code like ``K7-Q2M9`` (30%)."""
+    """A 3-9 digit number (70%) or a short alphanumeric code like ``K7-Q2M9`` (30%).
+
+    Lengths 3-9, not only the grid's 5-7: users' codes are often short (a 4-digit PIN), and a model that only saw
+    5-7 digits pads a 4-digit key to five and cuts a 9-digit one to seven ("44111" for 4711 at step 3,575,
+    docs/training.md)."""
     if rng.random() < 0.7:
-        n = rng.randint(5, 7)
+        n = rng.randint(3, 9)
         return str(rng.randint(10 ** (n - 1), 10**n - 1))
     pattern = rng.choice(_CODE_PATTERNS)
     return "".join(rng.choice(_LETTERS) if c == "L" else rng.choice(_DIGITS) if c == "D" else c for c in pattern)
@@ -294,13 +304,16 @@ def _build(
     count_tokens: TokenCounter,
     needle_role: str | None = None,
 ) -> str:
-    """The haystack, regenerated in the rare case its filler contains a key (each key only in the needles)."""
-    expected = {k: sum(n.count(k) for n in needles) for k in keys}
+    """The haystack, regenerated in the rare case its filler contains a key (each key only in the needles).
+
+    A key counts where it stands alone (:func:`key_occurrences`): a 3-digit key inside a longer number of the
+    filler ("964" in "19642 ms") is not the key to the reader and must not make short keys unbuildable."""
+    expected = {k: sum(key_occurrences(n, k) for n in needles) for k in keys}
     text = ""
     for _ in range(10):
         text = _haystack(random.Random(rng.getrandbits(64)), target_tokens, depths, needles, filler, count_tokens,
                          needle_role)
-        if all(text.count(k) == c for k, c in expected.items()):
+        if all(key_occurrences(text, k) == c for k, c in expected.items()):
             return text
     raise ValueError(f"could not build a filler without the keys {keys!r}; choose less common keys")
 
