@@ -213,19 +213,22 @@ def eval_passkey(
         help="Save progress here at --max-minutes and resume from it: for haystacks longer than one run.")] = None,
     max_minutes: Annotated[Optional[float], typer.Option(
         help="With --resume-dir: stop absorbing after this long, save, and exit with code 3.")] = None,
+    key_digits: Annotated[str, typer.Option(
+        help="Key lengths in digits: N, or A-B for numbers of A to B digits drawn uniformly.")] = "5-7",
 ) -> None:
     """Pass-key retrieval grid: lengths x depths."""
     from .evaluation import GridInterrupted, grid_heatmap, grid_markdown, passkey_grid
 
     if max_minutes is not None and (resume_dir is None or max_minutes <= 0):
         raise typer.BadParameter("--max-minutes needs --resume-dir and must be > 0")
+    digits = _digit_range(key_digits)
     engine = _load(model, device, dtype=dtype)
     depth_list = [i / (depths - 1) for i in range(depths)] if depths > 1 else [0.5]
     t0 = time.perf_counter()
     deadline = time.monotonic() + 60 * max_minutes if max_minutes is not None else None
     try:
         rows = passkey_grid(engine, _ints(lengths), depth_list, trials=trials, seed=seed, filler=filler,
-                            log=typer.echo, resume_dir=resume_dir, deadline=deadline)
+                            log=typer.echo, resume_dir=resume_dir, deadline=deadline, key_digits=digits)
     except GridInterrupted as stop:
         typer.echo(f"{stop}; run the same command again to continue")
         raise typer.Exit(3) from None
@@ -244,6 +247,18 @@ def eval_passkey(
             grid_heatmap(rows, p / "passkey_heatmap.png")
         except ImportError:
             typer.echo("matplotlib is not installed: no heat-map written (pip install 'comet-agents[eval]')")
+
+
+def _digit_range(text: str) -> tuple[int, int]:
+    """``--key-digits``: "N" or "A-B" as (fewest, most), or a BadParameter naming the problem."""
+    from .evaluation import check_key_digits
+
+    parts = text.split("-")
+    try:
+        lo, hi = (int(parts[0]), int(parts[-1])) if len(parts) in (1, 2) else (0, 0)
+        return check_key_digits((lo, hi))
+    except ValueError as error:
+        raise typer.BadParameter(f"--key-digits must be N or A-B with 1 <= A <= B <= 18, got {text!r}") from error
 
 
 def _names(text: str, known: tuple[str, ...], what: str) -> list[str]:

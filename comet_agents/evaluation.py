@@ -52,8 +52,20 @@ def passkey_haystack(engine: MemoryEngine, tokens: int, depth: float, key: str, 
     text = make_passkey_haystack(tokens, depth, key, filler=filler, count_tokens=lambda s: len(engine.encode(s)),
                                  seed=seed)
     ids = engine.encode(text)
-    # The filler never contains the key, so its first occurrence is the needle's.
-    return ids, token_index_at(engine.tokenizer, text, text.index(key), len(ids))
+    # The filler never holds the key standing alone (it may inside a longer number), so that is the needle's.
+    return ids, token_index_at(engine.tokenizer, text, standalone_starts(text, key)[0], len(ids))
+
+
+KEY_DIGITS = (5, 7)
+"""The grid's key lengths (digits) unless asked otherwise: every recorded grid used them."""
+
+
+def check_key_digits(key_digits: tuple[int, int]) -> tuple[int, int]:
+    """``key_digits`` as (fewest, most) digits, or ValueError naming what is wrong."""
+    lo, hi = key_digits
+    if not 1 <= lo <= hi <= 18:
+        raise ValueError(f"key digits must satisfy 1 <= fewest <= most <= 18, got {lo}-{hi}")
+    return lo, hi
 
 
 def grid_cases(
@@ -65,15 +77,18 @@ def grid_cases(
     seed: int = 0,
     filler: str = "classic",
     skip: Collection[int] = (),
+    key_digits: tuple[int, int] = KEY_DIGITS,
 ) -> Iterator[tuple[int, float, int, str, list[int], int]]:
     """The grid's haystacks, deterministic in ``seed``: (length, depth, trial, key, token ids, index of the key's
     first token) for every cell, in :func:`passkey_grid`'s order. Tokenisation only, no model forward. Lengths
-    in ``skip`` (done in an earlier sitting) are left out without being built; the others keep their keys."""
+    in ``skip`` (done in an earlier sitting) are left out without being built; the others keep their keys.
+    Keys are drawn uniformly from the numbers of ``key_digits`` = (fewest, most) digits."""
+    lo, hi = check_key_digits(key_digits)
     rng = random.Random(seed)
     for length in lengths:
         for depth in depths:
             for trial in range(trials):
-                key = str(rng.randrange(10**4, 10**7))
+                key = str(rng.randrange(10 ** (lo - 1), 10**hi))
                 haystack_seed = rng.randrange(2**31)
                 if length in skip:
                     continue
@@ -99,6 +114,7 @@ def passkey_grid(
     resume_dir: str | Path | None = None,
     deadline: float | None = None,
     slice_tokens: int = 1 << 18,
+    key_digits: tuple[int, int] = KEY_DIGITS,
 ) -> list[dict[str, Any]]:
     """Run the grid; one row per (length, depth, trial) with the key, the answer and correctness, where the key
     sat (``key_age`` closed chunks back, ``memory`` tier, ``key_offset`` tokens into its chunk) and the stream's
@@ -109,6 +125,8 @@ def passkey_grid(
     and at the deadline every state in progress is saved there (safetensors) with the rows of the lengths
     already done, and :class:`GridInterrupted` is raised. The same call again resumes where it stopped and
     returns the same rows as a run without a break.
+
+    ``key_digits`` (fewest, most) sets the keys' lengths: ``(4, 4)`` asks how a model does with 4-digit PINs.
     """
     if slice_tokens < 1:
         raise ValueError(f"slice_tokens must be >= 1, got {slice_tokens}")
@@ -116,10 +134,12 @@ def passkey_grid(
         raise ValueError("a deadline needs a resume_dir to save progress in")
     C = engine.config.chunk_size
     rows: list[dict[str, Any]] = []
-    saved = _GridProgress(resume_dir, engine, lengths, depths, trials, seed, filler) if resume_dir else None
+    key_digits = check_key_digits(key_digits)
+    saved = _GridProgress(resume_dir, engine, lengths, depths, trials, seed, filler, key_digits) if resume_dir \
+        else None
     done = saved.done_lengths() if saved else {}
     groups = itertools.groupby(grid_cases(engine, lengths, depths, trials=trials, seed=seed, filler=filler,
-                                          skip=done.keys()), key=lambda c: c[0])
+                                          skip=done.keys(), key_digits=key_digits), key=lambda c: c[0])
     for length, _ in itertools.groupby(lengths):  # one length's haystacks in memory at once
         if length in done:
             rows.extend(done[length])
@@ -165,13 +185,15 @@ class _GridProgress:
     of finished lengths) and one ``<case>.safetensors`` memory state per haystack in progress."""
 
     def __init__(self, directory: str | Path, engine: MemoryEngine, lengths: Sequence[int],
-                 depths: Sequence[float], trials: int, seed: int, filler: str) -> None:
+                 depths: Sequence[float], trials: int, seed: int, filler: str,
+                 key_digits: tuple[int, int] = KEY_DIGITS) -> None:
         self.dir = Path(directory)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.file = self.dir / "grid.json"
         m = engine.model
         self.identity = {"lengths": [int(n) for n in lengths], "depths": [float(d) for d in depths],
                          "trials": trials, "seed": seed, "filler": filler,
+                         **({} if key_digits == KEY_DIGITS else {"key_digits": list(key_digits)}),
                          "config_fingerprint": m.config.fingerprint(), "base_fingerprint": m.base_fingerprint,
                          "adapter_fingerprint": m.adapter_fingerprint}
         self.data: dict[str, Any] = {"grid": self.identity, "done": {}}

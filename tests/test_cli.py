@@ -63,3 +63,6 @@ def test_eval_dtype_is_checked_before_any_model_loads() -> None:
         assert "--dtype must be one of auto, float32, bfloat16, float16" in result.output, result.output
     result = runner.invoke(app, ["eval", "passkey", "--max-minutes", "5", "--model", "/nonexistent"])
     assert result.exit_code != 0 and "--max-minutes needs --resume-dir" in result.output, result.output
+    for bad in ("x", "0", "7-5", "3-4-5", "19"):
+        result = runner.invoke(app, ["eval", "passkey", "--key-digits", bad, "--model", "/nonexistent"])
+        assert result.exit_code != 0 and "--key-digits must be N or A-B" in result.output, (bad, result.output)

@@ -322,6 +322,32 @@ def test_passkey_grid_says_which_memory_holds_each_key() -> None:
     assert [len(c[4]) for c in cases] == [r["tokens"] for r in rows]
 
 
+def test_grid_keys_have_the_asked_number_of_digits() -> None:
+    """``key_digits`` sets the keys' lengths; the default is the 5-7 digits of every recorded grid."""
+    import random
+
+    from comet_agents.engine import MemoryEngine
+    from comet_agents.evaluation import KEY_DIGITS, grid_cases
+
+    from tiny import tiny_chat_model
+
+    engine = MemoryEngine(tiny_chat_model(chunk_size=32))
+    default = [c[3] for c in grid_cases(engine, [200], [0.0, 0.5, 1.0], trials=2)]
+    rng = random.Random(0)
+    legacy = []
+    for _ in range(6):  # the draw the grids of 2026-11/12 made: randrange(10**4, 10**7), then a haystack seed
+        legacy.append(str(rng.randrange(10**4, 10**7)))
+        rng.randrange(2**31)
+    assert KEY_DIGITS == (5, 7) and default == legacy
+    cases = list(grid_cases(engine, [200], [0.0, 0.5, 1.0], trials=2, key_digits=(3, 3)))
+    assert all(len(c[3]) == 3 for c in cases)
+    for length, _, _, key, ids, at in cases:  # the key's own tokens start where the case says
+        assert engine.tokenizer.decode(ids[at:]).lstrip().startswith(key)
+    for bad in ((0, 3), (5, 4), (3, 19)):
+        with pytest.raises(ValueError, match="key digits"):
+            list(grid_cases(engine, [200], [0.5], key_digits=bad))
+
+
 def test_grid_markdown_splits_closed_chunk_keys_by_the_open_chunks_tail() -> None:
     """A stream that ends right after a chunk closed leaves a tail of a few tokens; the table counts those
     apart, and keys in the open chunk count in neither group."""
@@ -416,6 +442,8 @@ def test_a_grid_stopped_at_its_deadline_resumes_to_the_same_rows(tmp_path) -> No
     assert [c[4] for c in later] == [c[4] for c in every if c[0] == 300]
     with pytest.raises(ValueError, match="another grid"):
         passkey_grid(engine, [150], [0.5], resume_dir=tmp_path)
+    with pytest.raises(ValueError, match="another grid"):  # other key lengths are another grid
+        passkey_grid(engine, [150, 300], [0.0, 1.0], trials=1, resume_dir=tmp_path, key_digits=(4, 4))
     with pytest.raises(ValueError, match="resume_dir"):
         passkey_grid(engine, [150], [0.5], deadline=0.0)
 
