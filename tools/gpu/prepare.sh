@@ -22,8 +22,11 @@ committed=training/smollm2-default/checkpoint
 src=${1:-$committed}
 gguf=$(.venv/bin/python -c 'from comet_agents.base_models import default_gguf_path; print(default_gguf_path())')
 mkdir -p .gpu .whl
-rm -rf .gpu/ckpt
-if [ -f "$src/trainer_state.json" ]; then
+if [ ! -f "$src/trainer_state.json" ] && [ "$src" = "$committed" ] && [ -f .gpu/ckpt/trainer_state.json ]; then
+  echo "reusing .gpu/ckpt (step $(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["step"])' \
+    .gpu/ckpt/trainer_state.json)): an earlier run of this script moved the committed checkpoint there"
+elif [ -f "$src/trainer_state.json" ]; then
+  rm -rf .gpu/ckpt
   mkdir -p .gpu/ckpt
   cp "$src"/comet_adapter.safetensors "$src"/comet_config.json "$src"/optim_*.safetensors "$src"/trainer_state.json \
     .gpu/ckpt/
@@ -31,6 +34,7 @@ if [ -f "$src/trainer_state.json" ]; then
   echo "resuming from $src (step $(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["step"])' \
     .gpu/ckpt/trainer_state.json)), carried in .gpu/ckpt"
 else
+  rm -rf .gpu/ckpt
   echo "no checkpoint in $src: the run starts fresh"
 fi
 # The shipped adapter (comet_agents/weights, ~16 MB) is not used on the GPU machine and would push tree + checkpoint
