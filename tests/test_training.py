@@ -55,6 +55,25 @@ def test_smoke_training_reduces_loss(tmp_path) -> None:
     assert (tmp_path / "checkpoint" / "comet_adapter.safetensors").exists()
 
 
+def test_profile_steps_log_the_top_operators_and_leave_training_alone(tmp_path) -> None:
+    """``profile_steps`` logs where the profiled steps' time went, and the run's losses are those without it."""
+    import dataclasses
+
+    lines: list[str] = []
+    args = args_for(tmp_path / "p", 6)
+    profiled = train(dataclasses.replace(args, profile_steps=2), model=tiny_model("llama", lora_rank=4),
+                     sample_fn=key_recall_batch, log=lines.append)
+    plain = train(args_for(tmp_path / "q", 6), model=tiny_model("llama", lora_rank=4), sample_fn=key_recall_batch,
+                  log=lambda s: None)
+    assert [h["loss"] for h in profiled["history"]] == [h["loss"] for h in plain["history"]]
+    head = [line for line in lines if line.startswith("profile: ")]
+    assert len(head) == 1 and head[0].startswith("profile: 2 steps in ") and "CPU busy" in head[0], lines
+    table = lines[lines.index(head[0]) + 1]
+    assert "Self CPU" in table and "aten::" in table
+    with pytest.raises(ValueError, match="profile_steps"):
+        dataclasses.replace(args, profile_steps=-1)
+
+
 def test_smoke_training_with_chunk_overlap_learns_and_records_it(tmp_path) -> None:
     model = tiny_model("llama", lora_rank=4, chunk_overlap=4)
     result = train(args_for(tmp_path, 12), model=model, sample_fn=key_recall_batch, log=lambda s: None)

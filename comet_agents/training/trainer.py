@@ -98,6 +98,9 @@ class TrainArgs:
     num_workers: int = 4
     gradient_checkpointing: bool = True
     checkpoint_from_chunks: int = 0
+    # Optimizer steps to run under torch.profiler (from the run's third step on), whose top operators and the
+    # share of the wall time the device was busy go to the log: where a step's time goes. 0: no profiling.
+    profile_steps: int = 0
     smoke: bool = False
     comet: dict[str, Any] = field(default_factory=dict)
 
@@ -116,6 +119,8 @@ class TrainArgs:
                 raise ValueError(f"anneal ({start}, {end}) must satisfy warmup_steps ({self.warmup_steps}) <= from < "
                                  f"to <= steps ({self.steps})")
             self.anneal = (start, end)
+        if self.profile_steps < 0:
+            raise ValueError(f"profile_steps must be >= 0, got {self.profile_steps}")
         if self.tokens_per_micro_batch < 1 or self.sequences_per_micro_batch < 0:
             raise ValueError(f"tokens_per_micro_batch must be >= 1 and sequences_per_micro_batch >= 0, got "
                              f"{self.tokens_per_micro_batch} and {self.sequences_per_micro_batch}")
@@ -479,6 +484,55 @@ def _rewrite_checkpoint(directory: str | Path, tensors: dict[str, torch.Tensor],
     shutil.rmtree(old)
 
 
+class _StepProfiler:
+    """Runs ``steps`` optimizer steps under :mod:`torch.profiler`, after ``skip`` steps of warm-up (allocator,
+    kernel selection), and logs the top operators by device time (CPU time on a CPU run) with the share of the
+    wall time the device was busy: a low share means the GPU waits for Python and kernel launches, a high one
+    that the kernels themselves are slow. Never stops training: a failure is logged."""
+
+    def __init__(self, steps: int, device: torch.device, log: Callable[[str], None], skip: int = 2) -> None:
+        self.left, self.skip, self.device, self.log = steps, skip, device, log
+        self.prof: Any = None
+        self.t0 = 0.0
+        self.steps = steps
+
+    def after_step(self) -> None:
+        if self.left <= 0:
+            return
+        if self.prof is None:
+            if self.skip > 0:
+                self.skip -= 1
+                return
+            acts = [torch.profiler.ProfilerActivity.CPU]
+            if self.device.type == "cuda":
+                acts.append(torch.profiler.ProfilerActivity.CUDA)
+                torch.cuda.synchronize(self.device)
+            self.prof = torch.profiler.profile(activities=acts)
+            self.prof.__enter__()
+            self.t0 = time.perf_counter()
+            return
+        self.left -= 1
+        if self.left == 0:
+            self._report()
+
+    def _report(self) -> None:
+        try:
+            cuda = self.device.type == "cuda"
+            if cuda:
+                torch.cuda.synchronize(self.device)
+            wall = time.perf_counter() - self.t0
+            self.prof.__exit__(None, None, None)
+            events = self.prof.key_averages()
+            attr = "self_device_time_total" if cuda else "self_cpu_time_total"
+            busy = sum(getattr(e, attr, 0.0) for e in events) / 1e6
+            self.log(f"profile: {self.steps} steps in {wall:.1f} s wall, {'device' if cuda else 'CPU'} busy "
+                     f"{busy:.1f} s ({100 * busy / max(wall, 1e-9):.0f} %)")
+            self.log(events.table(sort_by="self_cuda_time_total" if cuda else "self_cpu_time_total", row_limit=25))
+        except Exception as error:  # noqa: BLE001 - a profile must never end a training run
+            self.log(f"profile failed: {error!r}")
+        self.prof = None
+
+
 def _peak_memory(device: torch.device) -> dict[str, float]:
     """Peak accelerator memory so far, for sizing ``tokens_per_micro_batch`` (empty on CPU)."""
     if device.type != "cuda":
@@ -552,6 +606,7 @@ def train(args: TrainArgs, *, model: CometModel | None = None, sample_fn: Callab
     split = {"data_s": 0.0, "compute_s": 0.0}
     mark = time.perf_counter()
     deadline = t0 + 60 * args.max_minutes if args.max_minutes else None
+    profiler = _StepProfiler(args.profile_steps if rank == 0 else 0, device, log)
     for step_of_batch, examples, fields, arrays in loader:
         batches, weights = _from_arrays(fields, arrays)
         got = time.perf_counter()
@@ -596,6 +651,7 @@ def train(args: TrainArgs, *, model: CometModel | None = None, sample_fn: Callab
         acc_loss, acc_n = 0.0, 0
         step += 1
         elapsed = time.time() - t0
+        profiler.after_step()
         bar.update(1)
         bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tokens * world / max(elapsed, 1e-9):.0f}")
         if rank == 0 and (step % args.log_every == 0 or step == args.last_step):
