@@ -389,11 +389,15 @@ def bench_absorb_cmd(
     model: ModelOpt = "default",
     device: DeviceOpt = None,
     out: Annotated[Optional[str], typer.Option(help="Write the results as JSON here.")] = None,
+    explicit_mask: Annotated[bool, typer.Option(
+        help="Give SDPA the padded causal mask tensor instead of its implicit causal attention (the only path "
+             "before 2026-12-04): same results, for comparing speed.")] = False,
 ) -> None:
     """Absorb speed (text tokens/s) and peak memory against stream length."""
     from .benchmarks import as_dicts, bench_absorb, results_table
 
     engine = _load(model, device)
+    engine.model.implicit_causal = not explicit_mask
     bench_absorb(engine, engine.config.chunk_size * 2)  # warm-up
     results = [bench_absorb(engine, n) for n in _ints(tokens)]
     typer.echo(results_table(results))

@@ -254,6 +254,12 @@ class CometModel(nn.Module):
     from a loaded ``*ForCausalLM``.
     """
 
+    # A chunk's attention under SDPA without a mask tensor (``is_causal``): chunks are padded on the right, so a
+    # real query's earlier keys are all real and plain causal attention equals :func:`causal_mask` wherever an
+    # output is read (pad rows, never read, then see pads). SDPA can then run its causal flash kernel instead of
+    # a masked one, and no (B, 1, T, T) mask is built per chunk. False: the explicit mask (eager always uses it).
+    implicit_causal: bool = True
+
     def __init__(
         self,
         base: nn.Module,
@@ -507,10 +513,15 @@ class CometModel(nn.Module):
 
     def chunk_context(self, batch: LayoutBatch, hidden: torch.Tensor, fifo_len: torch.Tensor) -> dict[str, Any]:
         """Mask, rotary embeddings, memory-LoRA rows and the FIFO push plan of a chunk batch (``fifo_len``: the
-        FIFO fill before it), computed once for all layers."""
-        mask = causal_mask(batch.lengths, batch.input_ids.shape[1])
+        FIFO fill before it), computed once for all layers. The mask is None under SDPA with
+        :attr:`implicit_causal` (a chunk attends only to itself, so query and key lengths agree)."""
+        if self.implicit_causal and self.attn_implementation == "sdpa":
+            attention_mask = None
+        else:
+            attention_mask = to_attention_mask(causal_mask(batch.lengths, batch.input_ids.shape[1]),
+                                               self.attn_implementation, hidden.dtype)
         ctx = {
-            "attention_mask": to_attention_mask(mask, self.attn_implementation, hidden.dtype),
+            "attention_mask": attention_mask,
             "position_ids": batch.position_ids,
             "position_embeddings": self.inner.rotary_emb(hidden, batch.position_ids),
             MEMORY_ROWS: self.added_rows(batch.input_ids),
@@ -939,6 +950,7 @@ class CometModel(nn.Module):
             "device": str(self.device),
             "dtype": str(self.dtype).replace("torch.", ""),
             "attn_implementation": self.attn_implementation,
+            "implicit_causal": self.implicit_causal and self.attn_implementation == "sdpa",
         }
 
     def __repr__(self) -> str:  # nn.Module's repr of a peft-wrapped backbone is thousands of lines

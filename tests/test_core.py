@@ -108,6 +108,50 @@ def test_sdpa_and_eager_agree() -> None:
     assert a.generate(sa, [3, 4, 5], max_new_tokens=12) == b.generate(sb, [3, 4, 5], max_new_tokens=12)
 
 
+@pytest.mark.parametrize("kind", ["llama", "qwen3"])
+def test_implicit_causal_attention_equals_the_explicit_mask(kind: str) -> None:
+    """SDPA without a mask tensor gives what the padded causal mask gives: training losses, states, recall."""
+    explicit = tiny_model(kind)
+    explicit.implicit_causal = False
+    implicit = tiny_model(kind)
+    assert implicit.implicit_causal and implicit.attn_implementation == "sdpa"
+    streams = [tokens(n, seed=n) for n in (3, 29, 61, 100)]  # different lengths: padded chunks, empty chunks
+    states = []
+    for model in (explicit, implicit):
+        engine = MemoryEngine(model, max_batch=4)
+        batch = [engine.new_state() for _ in streams]
+        engine.absorb_many(batch, streams)
+        states.append(batch)
+    for a, b in zip(*states):
+        assert_same_state(a, b)
+    prompt = tokens(7, seed=5)
+    for a, b in zip(*states):
+        torch.testing.assert_close(recall_logits(MemoryEngine(implicit), b, prompt),
+                                   recall_logits(MemoryEngine(explicit), a, prompt), atol=ATOL, rtol=1e-4)
+    from comet_agents.training.examples import TrainingExample, collate
+
+    C = explicit.config.chunk_size
+    examples = []
+    for last in (3, C - 2):  # the open chunks differ in length: the second batch of chunks is padded
+        ids = [tokens(C, seed=1), tokens(C, seed=2), tokens(last, seed=last)]
+        labels = [[-100] * C, [-100] * C, ids[2][1:] + [-100]]
+        examples.append(TrainingExample(chunk_texts=ids, chunk_labels=labels,
+                                        chunk_weights=[[1.0] * len(x) for x in ids], family="key"))
+    batches, weights = collate(examples, explicit)
+    assert batches[-1].lengths[0] < batches[-1].lengths[1]
+    hidden = implicit.embed(batches[-1].input_ids)
+    assert implicit.chunk_context(batches[-1], hidden, torch.zeros(2, dtype=torch.long))["attention_mask"] is None
+    assert explicit.chunk_context(batches[-1], hidden, torch.zeros(2, dtype=torch.long))["attention_mask"] is not None
+    with torch.no_grad():
+        outs = [m.forward_train(batches, loss_weights=weights, return_logits=True) for m in (explicit, implicit)]
+    torch.testing.assert_close(outs[1]["loss"], outs[0]["loss"], atol=ATOL, rtol=1e-4)
+    torch.testing.assert_close(outs[1]["global_state"], outs[0]["global_state"], atol=ATOL, rtol=1e-4)
+    torch.testing.assert_close(outs[1]["fifo"], outs[0]["fifo"], atol=ATOL, rtol=1e-4)
+    for c, batch in enumerate(batches):  # every real position of every chunk
+        real = torch.arange(batch.input_ids.shape[1])[None, :] < batch.lengths[:, None]
+        torch.testing.assert_close(outs[1]["logits"][c][real], outs[0]["logits"][c][real], atol=ATOL, rtol=1e-4)
+
+
 def test_bfloat16_runs_and_stays_close_to_float32() -> None:
     model = tiny_model("llama")
     e32 = MemoryEngine(model)
