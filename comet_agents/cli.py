@@ -195,7 +195,8 @@ def train(
         families={a: float(b) for a, b in (p.split(":") for p in families.split(","))},
         lm_weight=lm_weight, seed=seed, save_every=save_every, log_every=log_every, max_minutes=max_minutes,
         num_workers=num_workers, gradient_checkpointing=gradient_checkpointing,
-        checkpoint_from_chunks=checkpoint_from_chunks, profile_steps=profile_steps, smoke=smoke, comet=json.loads(config_json) if config_json else {},
+        checkpoint_from_chunks=checkpoint_from_chunks, profile_steps=profile_steps, smoke=smoke,
+        comet=json.loads(config_json) if config_json else {},
     )
     result = run_train(args, log=typer.echo)
     typer.echo(json.dumps({k: v for k, v in result.items() if k != "history"}, default=str))

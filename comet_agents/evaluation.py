@@ -2,8 +2,8 @@
 
 * ``eval passkey`` (:func:`passkey_grid`): a grid of stream lengths x needle depths. Each cell absorbs a haystack
   with a random key at the given relative depth and asks for it; a cell is correct when the key appears in the
-  answer as a whole (:func:`passkey_found`: "80059700" is not 8005970). Sessions of one length are absorbed as a batch (one session per depth and trial), which is exactly the
-  batched engine path users get.
+  answer as a whole (:func:`passkey_found`: "80059700" is not 8005970). Sessions of one length are absorbed as a
+  batch (one session per depth and trial), which is exactly the batched engine path users get.
 * ``eval qa`` (:func:`run_qa`, :func:`qa_markdown`): held-out generated QA per task family and stream length,
   answered by CoMeT and by the plain base model with the stream truncated to CoMeT's attention span
   (``truncation``) or whole where it fits the native window (``full``), on the same items.

@@ -72,6 +72,10 @@ def test_profile_steps_log_the_top_operators_and_leave_training_alone(tmp_path) 
     assert "Self CPU" in table and "aten::" in table
     with pytest.raises(ValueError, match="profile_steps"):
         dataclasses.replace(args, profile_steps=-1)
+    cut: list[str] = []  # a run that ends first reports the steps it profiled
+    train(dataclasses.replace(args_for(tmp_path / "r", 6), profile_steps=10), model=tiny_model("llama", lora_rank=4),
+          sample_fn=key_recall_batch, log=cut.append)
+    assert [line for line in cut if line.startswith("profile: ")][0].startswith("profile: 3 steps in "), cut
 
 
 def test_smoke_training_with_chunk_overlap_learns_and_records_it(tmp_path) -> None:

@@ -18,9 +18,9 @@ import torch
 from ..config import CometConfig
 from ..engine import chat_question, encode_text, token_index_at
 from ..events import render
-from .data.common import standalone_starts
 from ..layout import LayoutBatch, SpecialIds, key_age, layout_labels, pad_layouts, sequence_layouts, shift_labels
 from ..modeling import CometModel
+from .data.common import standalone_starts
 
 
 @dataclass

@@ -515,6 +515,12 @@ class _StepProfiler:
         if self.left == 0:
             self._report()
 
+    def close(self) -> None:
+        """Report what was profiled when the run ends (time budget, last step) before ``steps`` were done."""
+        if self.prof is not None:
+            self.steps -= self.left
+            self._report()
+
     def _report(self) -> None:
         try:
             cuda = self.device.type == "cuda"
@@ -677,6 +683,7 @@ def train(args: TrainArgs, *, model: CometModel | None = None, sample_fn: Callab
             log(f"time budget reached at step {step}")
             break
         mark = time.perf_counter()
+    profiler.close()
     bar.close()
     model.eval()
     model.invalidate_fingerprint()
