@@ -26,6 +26,7 @@ from comet_agents.training.data import (
     passkey,
     user_behaviour,
 )
+from comet_agents.training.data.common import standalone_starts
 from comet_agents.events import TextEvent, Thought
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -162,7 +163,7 @@ def test_passkey_key_only_in_needle(seed):
     assert [q.answer for q in s.qa] == [key]
     assert re.fullmatch(r"[1-9]\d{2,8}|[A-Z0-9]{2,4}-?[A-Z0-9]{2,4}", key), key
     assert key in needle and needle in s.stream
-    assert passkey.key_occurrences(s.stream, key) == passkey.key_occurrences(needle, key) >= 1
+    assert len(standalone_starts(s.stream, key)) == len(standalone_starts(needle, key)) >= 1
     assert s.stream.index(needle) == s.meta["needle_char_offset"]
 
 
@@ -177,9 +178,10 @@ def test_passkey_variety():
     assert lengths <= set(range(3, 10)) and min(lengths) <= 4 and max(lengths) >= 8  # short PINs and long ids
 
 
-def test_key_occurrences_counts_standalone_keys_only():
-    assert passkey.key_occurrences("key 964. took 19642 ms, id A964, 964", "964") == 2
-    assert passkey.key_occurrences("K7-Q2M9 and XK7-Q2M9", "K7-Q2M9") == 1
+def test_standalone_starts_counts_standalone_keys_only():
+    assert standalone_starts("964 and x964", "964") == [0]
+    assert len(standalone_starts("key 964. took 19642 ms, id A964, 964", "964")) == 2
+    assert len(standalone_starts("K7-Q2M9 and XK7-Q2M9", "K7-Q2M9")) == 1
 
 
 @pytest.mark.parametrize("family", ["generate", "generate_in_memory", "generate_multi"])
@@ -188,7 +190,7 @@ def test_short_keys_build_in_long_streams(family):
     for seed in range(60):
         s = getattr(passkey, family)(seed, 16000)
         for q in s.qa:
-            assert passkey.key_occurrences(s.stream, q.answer) >= 1
+            assert len(standalone_starts(s.stream, q.answer)) >= 1
 
 
 @pytest.mark.parametrize("filler", passkey.FILLER_STYLES)
@@ -533,7 +535,8 @@ def test_passkey_multi_asks_each_labelled_key_once(seed: int) -> None:
         assert offsets[-1] > 0.9 * len(s.stream)
     for key, lab, off in zip(keys, labels, offsets):
         needle_end = s.stream.index("\n", off)
-        assert passkey.key_occurrences(s.stream, key) == passkey.key_occurrences(s.stream[off:needle_end], key) >= 1
+        in_needle = len(standalone_starts(s.stream[off:needle_end], key))
+        assert len(standalone_starts(s.stream, key)) == in_needle >= 1
         assert lab in s.stream[off:needle_end]
 
 

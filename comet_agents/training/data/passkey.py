@@ -34,7 +34,6 @@ __all__ = [
     "CANONICAL_NEEDLE",
     "NEEDLE_TEMPLATES",
     "QUESTIONS",
-    "key_occurrences",
     "make_key",
     "make_passkey_haystack",
     "generate",
@@ -77,11 +76,6 @@ _STYLE_WEIGHTS = {"classic": 0.15, "prose": 0.3, "logs": 0.15, "user_events": 0.
 _LETTERS = "ABCDEFGHJKLMNPQRSTUVWXYZ"  # no I / O
 _DIGITS = "23456789"  # no 0 / 1
 _CODE_PATTERNS = ("LD-LDLD", "LL-DDDD", "DLL-DLD", "LLLDD", "LDLD-DL")
-
-
-def key_occurrences(text: str, key: str) -> int:
-    """How often ``key`` occurs in ``text`` with no letter or digit right before or after it."""
-    return len(standalone_starts(text, key))
 
 
 def make_key(rng: random.Random) -> str:
@@ -306,14 +300,14 @@ def _build(
 ) -> str:
     """The haystack, regenerated in the rare case its filler contains a key (each key only in the needles).
 
-    A key counts where it stands alone (:func:`key_occurrences`): a 3-digit key inside a longer number of the
+    A key counts where it stands alone (:func:`~.common.standalone_starts`): a 3-digit key inside a longer number of the
     filler ("964" in "19642 ms") is not the key to the reader and must not make short keys unbuildable."""
-    expected = {k: sum(key_occurrences(n, k) for n in needles) for k in keys}
+    expected = {k: sum(len(standalone_starts(n, k)) for n in needles) for k in keys}
     text = ""
     for _ in range(10):
         text = _haystack(random.Random(rng.getrandbits(64)), target_tokens, depths, needles, filler, count_tokens,
                          needle_role)
-        if all(key_occurrences(text, k) == c for k, c in expected.items()):
+        if all(len(standalone_starts(text, k)) == c for k, c in expected.items()):
             return text
     raise ValueError(f"could not build a filler without the keys {keys!r}; choose less common keys")
 
