@@ -237,8 +237,12 @@ def _haystack(
     style: str,
     count_tokens: TokenCounter,
     needle_role: str | None = None,
+    avoid: tuple[str, ...] = (),
 ) -> str:
-    """Filler of about ``target_tokens`` tokens with ``needles[i]`` at relative depth ``depths[i]`` (sorted)."""
+    """Filler of about ``target_tokens`` tokens with ``needles[i]`` at relative depth ``depths[i]`` (sorted).
+
+    Filler units in which a string of ``avoid`` (the keys) stands alone are skipped, so that a common short key
+    ("500", an HTTP status in log filler) still occurs only in its needles."""
     source, joiner = _units(style, rng, target_tokens)
     group_seed = rng.getrandbits(64)
     needle_units = [
@@ -257,8 +261,15 @@ def _haystack(
     goal = target_tokens - needle_tokens
     estimate = 0
     for _ in range(32):
+        skipped = 0
         while estimate < goal:
             unit = next(source)
+            if any(standalone_starts(unit, k) for k in avoid):
+                skipped += 1
+                if skipped > 10_000:
+                    raise ValueError(f"the {style} filler keeps producing one of the keys {list(avoid)!r}")
+                continue
+            skipped = 0
             units.append(unit)
             unit_tokens.append(count_tokens(unit + sep))
             estimate += unit_tokens[-1]
@@ -298,7 +309,8 @@ def _build(
     count_tokens: TokenCounter,
     needle_role: str | None = None,
 ) -> str:
-    """The haystack, regenerated in the rare case its filler contains a key (each key only in the needles).
+    """The haystack, regenerated in the rare case the assembled text still holds a key outside the needles
+    (filler units holding one are already skipped): each key stands alone only in its needles.
 
     A key counts where it stands alone (:func:`~.common.standalone_starts`): a 3-digit key inside a longer number of the
     filler ("964" in "19642 ms") is not the key to the reader and must not make short keys unbuildable."""
@@ -306,7 +318,7 @@ def _build(
     text = ""
     for _ in range(10):
         text = _haystack(random.Random(rng.getrandbits(64)), target_tokens, depths, needles, filler, count_tokens,
-                         needle_role)
+                         needle_role, tuple(keys))
         if all(len(standalone_starts(text, k)) == c for k, c in expected.items()):
             return text
     raise ValueError(f"could not build a filler without the keys {keys!r}; choose less common keys")
