@@ -154,10 +154,27 @@ def main() -> None:
         cells = []
         for k in range(width):
             at = [r for r in sel if len(r["true_token_loss"]) > k]
+            if not at:  # keys of this tier are all shorter
+                cells.append("-")
+                continue
             loss = sum(r["true_token_loss"][k] for r in at) / len(at)
             cells.append(f"{loss:.2f} / {sum(r['true_token_hit'][k] for r in at)}/{len(at)}")
         whole = sum(all(r["true_token_hit"]) for r in sel)
         print(f"| {tier} | " + " | ".join(cells) + f" | {whole}/{len(sel)} |")
+    print("\nThe same by role (keys of 3-9 digits differ in length): the key's first token, its inner tokens, its last "
+          "token, and the end-of-turn marker after it (missed: the model lengthens the key)")
+    print("| tier | first | inner | last | end marker |")
+    print("|---|---|---|---|---|")
+    for tier in ("open", "fifo", "nofifo", "global"):
+        sel = [r for r in rows if r["tier"] == tier and len(r["true_token_loss"]) >= 3]
+        if not sel:
+            continue
+        cells = []
+        for pick in (lambda n: [0], lambda n: list(range(1, n - 2)), lambda n: [n - 2], lambda n: [n - 1]):
+            at = [(r, k) for r in sel for k in pick(len(r["true_token_loss"]))]
+            loss = sum(r["true_token_loss"][k] for r, k in at) / max(1, len(at))
+            cells.append(f"{loss:.2f} / {sum(r['true_token_hit'][k] for r, k in at)}/{len(at)}" if at else "-")
+        print(f"| {tier} | " + " | ".join(cells) + " |")
     if a.out:
         with open(a.out, "w") as f:
             json.dump({"model": a.model, "closed": a.closed, "seed": a.seed, "rows": rows}, f, indent=1)
