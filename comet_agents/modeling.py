@@ -169,6 +169,14 @@ class MemoryLoRA(nn.Module):
                                  self.down[name].weight, self.up[name].weight, self.scale)
         return flat.view_as(output)
 
+    def add_masked(self, name: str, output: torch.Tensor, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """``output`` plus this delta where the flat (batch x time) ``mask`` is set: for row sets that cover most
+        of a chunk (the reader LoRA's text rows), where gathering and scattering them costs more than the
+        low-rank product on every row."""
+        flat = _MaskedLowRank.apply(output.reshape(-1, output.shape[-1]), x.reshape(-1, x.shape[-1]), mask,
+                                    self.down[name].weight, self.up[name].weight, self.scale)
+        return flat.view_as(output)
+
 
 class _RowLowRank(torch.autograd.Function):
     """``out + scale * (x[rows] D^T) U^T`` added back at ``rows``, with a hand-written backward.
@@ -199,6 +207,31 @@ class _RowLowRank(torch.autograd.Function):
         grad_x = None
         if ctx.needs_input_grad[1]:
             grad_x = grad.new_zeros(ctx.x_shape, dtype=ctx.x_dtype).index_add_(0, rows, (g_h @ down).to(ctx.x_dtype))
+        return grad if ctx.needs_input_grad[0] else None, grad_x, None, grad_down, grad_up, None
+
+
+class _MaskedLowRank(torch.autograd.Function):
+    """``out + scale * mask * (x D^T) U^T`` with a hand-written backward: :class:`_RowLowRank`'s arithmetic on
+    every row, the rows outside ``mask`` (flat bool) getting a zero delta. No gather, no atomic scatter: on the
+    GPU, index_add over the ~50k reader rows of a training chunk batch was a tenth of the step's kernel time
+    (profile of 2026-12-04, docs/training.md). The low-rank path runs in the weights' dtype, as there."""
+
+    @staticmethod
+    def forward(ctx: Any, out: torch.Tensor, x: torch.Tensor, mask: torch.Tensor, down: torch.Tensor,
+                up: torch.Tensor, scale: float) -> torch.Tensor:
+        weight = (mask.to(down.dtype) * scale)[:, None]
+        h = x.to(down.dtype) @ down.t()
+        ctx.save_for_backward(x, h, weight, down, up)
+        return out + ((h @ up.t()) * weight).to(out.dtype)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        x, h, weight, down, up = ctx.saved_tensors
+        g = grad.to(down.dtype) * weight
+        g_h = g @ up
+        grad_down = g_h.t() @ x.to(down.dtype) if ctx.needs_input_grad[3] else None
+        grad_up = g.t() @ h if ctx.needs_input_grad[4] else None
+        grad_x = (g_h @ down).to(x.dtype) if ctx.needs_input_grad[1] else None
         return grad if ctx.needs_input_grad[0] else None, grad_x, None, grad_down, grad_up, None
 
 
@@ -328,8 +361,9 @@ class CometModel(nn.Module):
         mean = inner.embed_tokens.weight[: min(first, vocab_rows)].detach().float().mean(0)
         self.special_embeddings = nn.Parameter(mean[None].repeat(self.num_special, 1).clone())
         self.memory.float()
-        # (B, T, 1) float mask of added-token positions while a forward runs; per thread, so that forwards of one
-        # model in several threads (or an autograd recompute on another thread) never see each other's mask.
+        # Where the memory LoRA (flat row indices) and the reader LoRA (flat bool mask) run while a forward runs;
+        # per thread, so that forwards of one model in several threads (or an autograd recompute on another
+        # thread) never see each other's rows.
         self._memory_positions = threading.local()
         self.memory_lora = self._row_loras(inner, "memory_lora", config.memory_lora_rank, config.memory_lora_alpha,
                                            config.memory_lora_targets, gen)
@@ -388,6 +422,8 @@ class CometModel(nn.Module):
             rows = getattr(self._memory_positions, kind, None)
             if rows is None:
                 return None
+            if rows.dtype == torch.bool:  # a mask (the reader LoRA's text rows, most of a chunk)
+                return lora.add_masked(name, output, inputs[0], rows)
             # Only the named rows (for the memory LoRA about a fifth of a chunk) go through the low-rank path.
             return lora.add_at_rows(name, output, inputs[0], rows)
         return hook
@@ -395,7 +431,7 @@ class CometModel(nn.Module):
     @contextmanager
     def memory_positions(self, rows: torch.Tensor | None, reader_rows: torch.Tensor | None = None) -> Iterator[None]:
         """Run the memory LoRA at ``rows`` (from :meth:`added_rows`) and the reader LoRA at ``reader_rows``
-        (from :meth:`reader_rows`) inside this block, in this thread only; None: nowhere."""
+        (the mask from :meth:`reader_rows`) inside this block, in this thread only; None: nowhere."""
         local = self._memory_positions
         local.memory_lora, local.reader_lora = rows, reader_rows
         try:
@@ -413,17 +449,18 @@ class CometModel(nn.Module):
 
     def reader_rows(self, input_ids: torch.Tensor, lengths: torch.Tensor | None,
                     has_memory: torch.Tensor | None) -> torch.Tensor | None:
-        """Flat (batch x time) indices of the text positions (within ``lengths``, all if None) of the samples
+        """Flat (batch x time) bool mask of the text positions (within ``lengths``, all if None) of the samples
         whose chunk has memory (``has_memory``, (B,) bool), for the reader LoRA; None when there is no reader
-        LoRA or no such position."""
+        LoRA or no such position. A mask, not indices: these rows are most of a chunk
+        (:meth:`MemoryLoRA.add_masked`)."""
         if self.reader_lora is None or has_memory is None:
             return None
         device = input_ids.device
         rows = ~self.is_added_token(input_ids) & has_memory.to(device)[:, None]
         if lengths is not None:
             rows &= torch.arange(input_ids.shape[1], device=device)[None, :] < lengths.to(device)[:, None]
-        rows = rows.reshape(-1).nonzero().squeeze(1)
-        return rows if rows.numel() else None
+        rows = rows.reshape(-1)
+        return rows if bool(rows.any()) else None
 
     @staticmethod
     def has_memory(batch: LayoutBatch) -> torch.Tensor:
@@ -508,7 +545,10 @@ class CometModel(nn.Module):
         is_special = self.is_added_token(input_ids)
         base_ids = torch.where(is_special, torch.zeros_like(input_ids), input_ids)
         emb = self.inner.embed_tokens(base_ids)
-        extra = self.special_embeddings[(input_ids - self.first_special_id).clamp(0, self.num_special - 1)]
+        # F.embedding, not indexing: its backward reduces the many repeated ids by segment, where indexing's
+        # accumulating index_put serialised them (a twentieth of a GPU training step, 2026-12-04 profile).
+        extra = nn.functional.embedding((input_ids - self.first_special_id).clamp(0, self.num_special - 1),
+                                        self.special_embeddings)
         return torch.where(is_special[..., None], extra.to(emb.dtype), emb)
 
     def chunk_context(self, batch: LayoutBatch, hidden: torch.Tensor, fifo_len: torch.Tensor) -> dict[str, Any]:

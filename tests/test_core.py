@@ -395,6 +395,40 @@ def test_row_low_rank_matches_the_autograd_expression(act_dtype: torch.dtype) ->
     assert (g_new["x"][[1, 2, 5]] == 0).all() and g_new["x"][rows].abs().sum() > 0
 
 
+@pytest.mark.parametrize("act_dtype", [torch.float32, torch.bfloat16])
+def test_masked_low_rank_matches_the_row_gathered_path(act_dtype: torch.dtype) -> None:
+    """The reader LoRA's masked path (every row, zero delta outside the mask) gives the values and gradients of
+    the row-gathered path at the same rows, and leaves the other rows' outputs exactly as they were."""
+    from comet_agents.modeling import _MaskedLowRank, _RowLowRank
+
+    g = torch.Generator().manual_seed(5)
+    n, d_in, d_out, rank, scale = 20, 12, 8, 4, 2.0
+    rows = torch.tensor([1, 2, 7, 8, 9, 15])
+    mask = torch.zeros(n, dtype=torch.bool)
+    mask[rows] = True
+    leaves = {
+        "out": torch.randn(n, d_out, generator=g).to(act_dtype),
+        "x": torch.randn(n, d_in, generator=g).to(act_dtype),
+        "down": torch.randn(rank, d_in, generator=g),
+        "up": torch.randn(d_out, rank, generator=g),
+    }
+    grad_out = torch.randn(n, d_out, generator=g).to(act_dtype)
+    results = []
+    for fn, where in ((_RowLowRank, rows), (_MaskedLowRank, mask)):
+        t = {k: v.clone().requires_grad_(True) for k, v in leaves.items()}
+        y = fn.apply(t["out"], t["x"], where, t["down"], t["up"], scale)
+        y.backward(grad_out)
+        results.append((y.detach(), {k: v.grad for k, v in t.items()}))
+    (y_ref, g_ref), (y_new, g_new) = results
+    tol = {"rtol": 1e-5, "atol": 1e-5} if act_dtype == torch.float32 else {"rtol": 1e-2, "atol": 1e-2}
+    torch.testing.assert_close(y_new, y_ref, **tol)
+    assert torch.equal(y_new[~mask], leaves["out"][~mask])
+    for k in leaves:
+        assert g_new[k].dtype == leaves[k].dtype
+        torch.testing.assert_close(g_new[k], g_ref[k], **tol)
+    assert (g_new["x"][~mask] == 0).all() and g_new["x"][mask].abs().sum() > 0
+
+
 def test_memory_lora_acts_only_at_added_token_positions() -> None:
     """Text tokens before the first added token see the backbone alone; the first compression token (and every
     text token after it, which attends to it) sees the memory LoRA."""
