@@ -529,8 +529,11 @@ class _StepProfiler:
             wall = time.perf_counter() - self.t0
             self.prof.__exit__(None, None, None)
             events = self.prof.key_averages()
-            attr = "self_device_time_total" if cuda else "self_cpu_time_total"
-            busy = sum(getattr(e, attr, 0.0) for e in events) / 1e6
+            if cuda:  # kernel rows only: an operator's row repeats the time of the kernels it launched
+                busy = sum(e.self_device_time_total for e in events
+                           if getattr(e, "device_type", None) == torch.autograd.DeviceType.CUDA) / 1e6
+            else:
+                busy = sum(e.self_cpu_time_total for e in events) / 1e6
             self.log(f"profile: {self.steps} steps in {wall:.1f} s wall, {'device' if cuda else 'CPU'} busy "
                      f"{busy:.1f} s ({100 * busy / max(wall, 1e-9):.0f} %)")
             self.log(events.table(sort_by="self_cuda_time_total" if cuda else "self_cpu_time_total", row_limit=25))
