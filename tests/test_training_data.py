@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import random
 import re
 import subprocess
 import sys
@@ -191,6 +192,17 @@ def test_short_keys_build_in_long_streams(family):
         s = getattr(passkey, family)(seed, 16000)
         for q in s.qa:
             assert len(standalone_starts(s.stream, q.answer)) >= 1
+
+
+@pytest.mark.parametrize("filler", passkey.FILLER_STYLES)
+def test_keys_the_filler_itself_produces_stand_alone_only_in_their_needles(filler):
+    """A key that the filler writes on its own ("500", an HTTP status of the log filler) still builds: filler
+    units holding it are skipped. On 2026-12-04 such a key ended a GPU training run ("could not build")."""
+    keys = ["500", "200", "682795286"]
+    needles = [f"The pass key is {k}." for k in keys]
+    text = passkey._build(random.Random(3), 16000, [0.2, 0.5, 0.8], keys, needles, filler, approx_tokens)
+    for k, n in zip(keys, needles):
+        assert len(standalone_starts(text, k)) == 1 and n in text
 
 
 @pytest.mark.parametrize("filler", passkey.FILLER_STYLES)
