@@ -177,6 +177,8 @@ def train(
     profile_steps: Annotated[int, typer.Option(
         help="Profile this many optimizer steps (from the third on) and log the top operators and how busy the "
              "GPU was.")] = 0,
+    fuse: Annotated[bool, typer.Option(
+        help="Fuse the backbone's RMSNorms and MLP activations with torch.compile (fewer kernels a step).")] = False,
     smoke: Annotated[bool, typer.Option(help="Allow a tiny CPU run (tests).")] = False,
 ) -> None:
     """Train a CoMeT adapter on synthetic long-stream data (GPU; resumes from OUTPUT_DIR/checkpoint)."""
@@ -195,7 +197,7 @@ def train(
         families={a: float(b) for a, b in (p.split(":") for p in families.split(","))},
         lm_weight=lm_weight, seed=seed, save_every=save_every, log_every=log_every, max_minutes=max_minutes,
         num_workers=num_workers, gradient_checkpointing=gradient_checkpointing,
-        checkpoint_from_chunks=checkpoint_from_chunks, profile_steps=profile_steps, smoke=smoke,
+        checkpoint_from_chunks=checkpoint_from_chunks, profile_steps=profile_steps, fuse=fuse, smoke=smoke,
         comet=json.loads(config_json) if config_json else {},
     )
     result = run_train(args, log=typer.echo)

@@ -101,6 +101,9 @@ class TrainArgs:
     # Optimizer steps to run under torch.profiler (from the run's third step on), whose top operators and the
     # share of the wall time the device was busy go to the log: where a step's time goes. 0: no profiling.
     profile_steps: int = 0
+    # The backbone's RMSNorms and gated MLP activations through torch.compile (fusion.py): fewer memory-bound
+    # kernels per step. Off by default until a GPU run has measured it.
+    fuse: bool = False
     smoke: bool = False
     comet: dict[str, Any] = field(default_factory=dict)
 
@@ -577,6 +580,11 @@ def train(args: TrainArgs, *, model: CometModel | None = None, sample_fn: Callab
                          "memory, so a sequence without the FIFO would have no memory at all")
     model.to(device)
     model.train()
+    if args.fuse:
+        from .fusion import fuse_elementwise
+
+        fused = fuse_elementwise(model, device, model.dtype)
+        log(f"fused: {', '.join(fused)}" if fused else "fused: nothing (torch.compile failed; see the warning)")
     groups = trainable_groups(model, args)
     opt = torch.optim.AdamW(groups, lr=args.lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=args.weight_decay)
     out_dir = Path(args.output_dir)
