@@ -360,22 +360,28 @@ def test_unsupported_backbone_is_refused() -> None:
 # ---- where memory is written from, and the memory LoRA -------------------------------------------------------
 
 
-@pytest.mark.parametrize("act_dtype", [torch.float32, torch.bfloat16])
-def test_row_low_rank_matches_the_autograd_expression(act_dtype: torch.dtype) -> None:
-    """The hand-written backward of the row-gathered memory LoRA gives autograd's values and gradients (float32
-    weights, activations in float32 or bfloat16 as in GPU training)."""
-    from comet_agents.modeling import _RowLowRank
-
-    g = torch.Generator().manual_seed(3)
-    n, d_in, d_out, rank, scale = 20, 12, 8, 4, 2.0
-    rows = torch.tensor([0, 3, 4, 11, 19])
+def _low_rank_leaves(seed: int, act_dtype: torch.dtype, n: int = 20, d_in: int = 12, d_out: int = 8,
+                     rank: int = 4) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """Inputs of a low-rank delta (activations in ``act_dtype``, float32 weights) and an output gradient."""
+    g = torch.Generator().manual_seed(seed)
     leaves = {
         "out": torch.randn(n, d_out, generator=g).to(act_dtype),
         "x": torch.randn(n, d_in, generator=g).to(act_dtype),
         "down": torch.randn(rank, d_in, generator=g),
         "up": torch.randn(d_out, rank, generator=g),
     }
-    grad_out = torch.randn(n, d_out, generator=g).to(act_dtype)
+    return leaves, torch.randn(n, d_out, generator=g).to(act_dtype)
+
+
+@pytest.mark.parametrize("act_dtype", [torch.float32, torch.bfloat16])
+def test_row_low_rank_matches_the_autograd_expression(act_dtype: torch.dtype) -> None:
+    """The hand-written backward of the row-gathered memory LoRA gives autograd's values and gradients (float32
+    weights, activations in float32 or bfloat16 as in GPU training)."""
+    from comet_agents.modeling import _RowLowRank
+
+    scale = 2.0
+    rows = torch.tensor([0, 3, 4, 11, 19])
+    leaves, grad_out = _low_rank_leaves(3, act_dtype)
     results = []
     for fused in (False, True):
         t = {k: v.clone().requires_grad_(True) for k, v in leaves.items()}
@@ -401,18 +407,11 @@ def test_masked_low_rank_matches_the_row_gathered_path(act_dtype: torch.dtype) -
     the row-gathered path at the same rows, and leaves the other rows' outputs exactly as they were."""
     from comet_agents.modeling import _MaskedLowRank, _RowLowRank
 
-    g = torch.Generator().manual_seed(5)
-    n, d_in, d_out, rank, scale = 20, 12, 8, 4, 2.0
+    scale = 2.0
     rows = torch.tensor([1, 2, 7, 8, 9, 15])
-    mask = torch.zeros(n, dtype=torch.bool)
+    leaves, grad_out = _low_rank_leaves(5, act_dtype)
+    mask = torch.zeros(leaves["out"].shape[0], dtype=torch.bool)
     mask[rows] = True
-    leaves = {
-        "out": torch.randn(n, d_out, generator=g).to(act_dtype),
-        "x": torch.randn(n, d_in, generator=g).to(act_dtype),
-        "down": torch.randn(rank, d_in, generator=g),
-        "up": torch.randn(d_out, rank, generator=g),
-    }
-    grad_out = torch.randn(n, d_out, generator=g).to(act_dtype)
     results = []
     for fn, where in ((_RowLowRank, rows), (_MaskedLowRank, mask)):
         t = {k: v.clone().requires_grad_(True) for k, v in leaves.items()}
