@@ -211,27 +211,33 @@ class _RowLowRank(torch.autograd.Function):
 
 
 class _MaskedLowRank(torch.autograd.Function):
-    """``out + scale * mask * (x D^T) U^T`` with a hand-written backward: :class:`_RowLowRank`'s arithmetic on
-    every row, the rows outside ``mask`` (flat bool) getting a zero delta. No gather, no atomic scatter: on the
-    GPU, index_add over the ~50k reader rows of a training chunk batch was a tenth of the step's kernel time
-    (profile of 2026-12-04, docs/training.md). The low-rank path runs in the weights' dtype, as there."""
+    """``out + scale * mask * (x D^T) U^T`` with a hand-written backward: the low-rank delta on every row, the rows
+    outside ``mask`` (flat bool) getting zero. No gather, no atomic scatter: on the GPU, index_add over the ~50k
+    reader rows of a training chunk batch was a tenth of the step's kernel time (profile of 2026-12-04,
+    docs/training.md).
+
+    Unlike :class:`_RowLowRank` (a fifth of the rows), the products run in the activations' dtype, with the mask
+    and scale applied to the rank-wide ``h`` and the add fused into the last product (``addmm``): at every row of
+    four projections, float32 copies of ``x``, of the delta and of the output gradient were more memory traffic
+    than the decoder layer's own. On the CPU (float32) the arithmetic is the same as there."""
 
     @staticmethod
     def forward(ctx: Any, out: torch.Tensor, x: torch.Tensor, mask: torch.Tensor, down: torch.Tensor,
                 up: torch.Tensor, scale: float) -> torch.Tensor:
-        weight = (mask.to(down.dtype) * scale)[:, None]
-        h = x.to(down.dtype) @ down.t()
-        ctx.save_for_backward(x, h, weight, down, up)
-        return out + ((h @ up.t()) * weight).to(out.dtype)
+        dt = out.dtype
+        weight = (mask.to(dt) * scale)[:, None]
+        hw = (x.to(dt) @ down.to(dt).t()) * weight
+        ctx.save_for_backward(x, hw, weight, down, up)
+        return torch.addmm(out, hw, up.to(dt).t())
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        x, h, weight, down, up = ctx.saved_tensors
-        g = grad.to(down.dtype) * weight
-        g_h = g @ up
-        grad_down = g_h.t() @ x.to(down.dtype) if ctx.needs_input_grad[3] else None
-        grad_up = g.t() @ h if ctx.needs_input_grad[4] else None
-        grad_x = (g_h @ down).to(x.dtype) if ctx.needs_input_grad[1] else None
+        x, hw, weight, down, up = ctx.saved_tensors
+        dt = grad.dtype
+        g_h = (grad @ up.to(dt)) * weight
+        grad_down = (g_h.t() @ x.to(dt)).to(down.dtype) if ctx.needs_input_grad[3] else None
+        grad_up = (grad.t() @ hw).to(up.dtype) if ctx.needs_input_grad[4] else None
+        grad_x = (g_h @ down.to(dt)).to(x.dtype) if ctx.needs_input_grad[1] else None
         return grad if ctx.needs_input_grad[0] else None, grad_x, None, grad_down, grad_up, None
 
 

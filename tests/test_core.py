@@ -419,12 +419,17 @@ def test_masked_low_rank_matches_the_row_gathered_path(act_dtype: torch.dtype) -
         y.backward(grad_out)
         results.append((y.detach(), {k: v.grad for k, v in t.items()}))
     (y_ref, g_ref), (y_new, g_new) = results
-    tol = {"rtol": 1e-5, "atol": 1e-5} if act_dtype == torch.float32 else {"rtol": 1e-2, "atol": 1e-2}
-    torch.testing.assert_close(y_new, y_ref, **tol)
+    def close(new: torch.Tensor, ref: torch.Tensor) -> None:
+        if act_dtype == torch.float32:
+            torch.testing.assert_close(new, ref, rtol=1e-5, atol=1e-5)
+        else:  # products in bfloat16 (the row path: float32): a few units in the last place of the largest value
+            torch.testing.assert_close(new.float(), ref.float(), rtol=0, atol=float(ref.abs().max()) * 2**-6)
+
+    close(y_new, y_ref)
     assert torch.equal(y_new[~mask], leaves["out"][~mask])
     for k in leaves:
         assert g_new[k].dtype == leaves[k].dtype
-        torch.testing.assert_close(g_new[k], g_ref[k], **tol)
+        close(g_new[k], g_ref[k])
     assert (g_new["x"][~mask] == 0).all() and g_new["x"][mask].abs().sum() > 0
 
 
