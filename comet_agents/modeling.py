@@ -143,10 +143,10 @@ class LayerMemory(nn.Module):
 class MemoryLoRA(nn.Module):
     """Per-layer low-rank deltas ``scale * up(down(x))`` for the Linears named in ``targets``.
 
-    Applied by forward hooks on those Linears, and only at the rows :attr:`CometModel._memory_positions` names
-    for it (flattened over batch and time): the added-token positions for the memory LoRA, the text positions
-    of chunks with memory for the reader LoRA. ``up`` starts at zero, so a new one changes nothing until it is
-    trained.
+    Applied by forward hooks on those Linears (:func:`add_row_low_rank`), and only at the rows
+    :attr:`CometModel._memory_positions` names for it (flattened over batch and time): the added-token positions
+    for the memory LoRA, the text positions of chunks with memory for the reader LoRA. ``up`` starts at zero, so
+    a new one changes nothing until it is trained.
     """
 
     def __init__(self, linears: dict[str, nn.Module], rank: int, alpha: float, gen: torch.Generator) -> None:
@@ -163,69 +163,40 @@ class MemoryLoRA(nn.Module):
             self.down[name] = down
             self.up[name] = up
 
-    def add_at_rows(self, name: str, output: torch.Tensor, x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-        """``output`` (of the Linear ``name`` on input ``x``) plus this delta at the flat ``rows`` only."""
-        flat = _RowLowRank.apply(output.reshape(-1, output.shape[-1]), x.reshape(-1, x.shape[-1]), rows,
-                                 self.down[name].weight, self.up[name].weight, self.scale)
-        return flat.view_as(output)
 
-    def add_masked(self, name: str, output: torch.Tensor, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """``output`` plus this delta where the flat (batch x time) ``mask`` is set: for row sets that cover most
-        of a chunk (the reader LoRA's text rows), where gathering and scattering them costs more than the
-        low-rank product on every row."""
-        flat = _MaskedLowRank.apply(output.reshape(-1, output.shape[-1]), x.reshape(-1, x.shape[-1]), mask,
-                                    self.down[name].weight, self.up[name].weight, self.scale)
-        return flat.view_as(output)
+def add_row_low_rank(output: torch.Tensor, x: torch.Tensor,
+                     parts: Sequence[tuple[torch.Tensor, torch.Tensor, float, torch.Tensor]]) -> torch.Tensor:
+    """``output`` (of a Linear on input ``x``) plus ``scale * (x D^T) U^T`` of each part ``(D, U, scale, mask)``
+    at the rows where its flat (batch x time) bool ``mask`` is set.
 
-
-class _RowLowRank(torch.autograd.Function):
-    """``out + scale * (x[rows] D^T) U^T`` added back at ``rows``, with a hand-written backward.
-
-    The same arithmetic as the plain autograd expression (index_select, casts, two matmuls, scale, index_add),
-    in half the backward ops: memory-LoRA training is dispatch-bound, and autograd's version of these ~10
-    small ops per projection (4 projections x 30 layers x every chunk) cost 23 backward ops each. The weights
-    may be float32 under a bfloat16 backbone: the low-rank path runs in the weights' dtype.
+    The memory LoRA (added-token rows) and the reader LoRA (text rows of chunks with memory) of one Linear are
+    one low-rank product of their stacked ranks, each rank column weighted by its part's mask and scale: one
+    pair of matrix products per projection for both, with the add fused into the second (:class:`_MaskedLowRank`).
     """
-
-    @staticmethod
-    def forward(ctx: Any, out: torch.Tensor, x: torch.Tensor, rows: torch.Tensor, down: torch.Tensor,
-                up: torch.Tensor, scale: float) -> torch.Tensor:
-        x_rows = x.index_select(0, rows).to(down.dtype)
-        h = x_rows @ down.t()
-        delta = (h @ up.t()) * scale
-        ctx.save_for_backward(x_rows, h, rows, down, up)
-        ctx.scale, ctx.x_shape, ctx.x_dtype = scale, x.shape, x.dtype
-        return out.index_add(0, rows, delta.to(out.dtype))
-
-    @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        x_rows, h, rows, down, up = ctx.saved_tensors
-        g = grad.index_select(0, rows).to(down.dtype) * ctx.scale
-        g_h = g @ up
-        grad_down = g_h.t() @ x_rows if ctx.needs_input_grad[3] else None
-        grad_up = g.t() @ h if ctx.needs_input_grad[4] else None
-        grad_x = None
-        if ctx.needs_input_grad[1]:
-            grad_x = grad.new_zeros(ctx.x_shape, dtype=ctx.x_dtype).index_add_(0, rows, (g_h @ down).to(ctx.x_dtype))
-        return grad if ctx.needs_input_grad[0] else None, grad_x, None, grad_down, grad_up, None
+    dt = output.dtype
+    down = torch.cat([d for d, _, _, _ in parts]) if len(parts) > 1 else parts[0][0]
+    up = torch.cat([u for _, u, _, _ in parts], dim=1) if len(parts) > 1 else parts[0][1]
+    weight = torch.cat([(m.to(dt) * scale)[:, None].expand(-1, d.shape[0]) for d, _, scale, m in parts], dim=1)
+    flat = _MaskedLowRank.apply(output.reshape(-1, output.shape[-1]), x.reshape(-1, x.shape[-1]), weight, down, up)
+    return flat.view_as(output)
 
 
 class _MaskedLowRank(torch.autograd.Function):
-    """``out + scale * mask * (x D^T) U^T`` with a hand-written backward: the low-rank delta on every row, the rows
-    outside ``mask`` (flat bool) getting zero. No gather, no atomic scatter: on the GPU, index_add over the ~50k
-    reader rows of a training chunk batch was a tenth of the step's kernel time (profile of 2026-12-04,
-    docs/training.md).
+    """``out + ((x D^T) * W) U^T`` for a per-row, per-rank weight ``W`` (mask times scale), with a hand-written
+    backward.
 
-    Unlike :class:`_RowLowRank` (a fifth of the rows), the products run in the activations' dtype, with the mask
-    and scale applied to the rank-wide ``h`` and the add fused into the last product (``addmm``): at every row of
-    four projections, float32 copies of ``x``, of the delta and of the output gradient were more memory traffic
-    than the decoder layer's own. On the CPU (float32) the arithmetic is the same as there."""
+    Every row goes through the rank-wide product, rows outside a part's mask with weight zero: no gather, no
+    atomic scatter (index_add over the ~50k reader rows of a training chunk batch was a tenth of a GPU step's
+    kernel time, profile of 2026-12-04, docs/training.md). The products run in the activations' dtype and the
+    add is fused into the last one (``addmm``): float32 copies of every row of four projections had been more
+    memory traffic than the decoder layer's own. Autograd's version of these ops costs about twice the backward
+    kernels (the step is launch-heavy at this model size). On the CPU (float32) the arithmetic is plain float32.
+    """
 
     @staticmethod
-    def forward(ctx: Any, out: torch.Tensor, x: torch.Tensor, mask: torch.Tensor, down: torch.Tensor,
-                up: torch.Tensor, scale: float) -> torch.Tensor:
+    def forward(ctx: Any, out: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, down: torch.Tensor,
+                up: torch.Tensor) -> torch.Tensor:
         dt = out.dtype
-        weight = (mask.to(dt) * scale)[:, None]
         hw = (x.to(dt) @ down.to(dt).t()) * weight
         ctx.save_for_backward(x, hw, weight, down, up)
         return torch.addmm(out, hw, up.to(dt).t())
@@ -238,7 +209,7 @@ class _MaskedLowRank(torch.autograd.Function):
         grad_down = (g_h.t() @ x.to(dt)).to(down.dtype) if ctx.needs_input_grad[3] else None
         grad_up = (grad.t() @ hw).to(up.dtype) if ctx.needs_input_grad[4] else None
         grad_x = (g_h @ down.to(dt)).to(x.dtype) if ctx.needs_input_grad[1] else None
-        return grad if ctx.needs_input_grad[0] else None, grad_x, None, grad_down, grad_up, None
+        return grad if ctx.needs_input_grad[0] else None, grad_x, None, grad_down, grad_up
 
 
 def fifo_plan(
@@ -367,7 +338,7 @@ class CometModel(nn.Module):
         mean = inner.embed_tokens.weight[: min(first, vocab_rows)].detach().float().mean(0)
         self.special_embeddings = nn.Parameter(mean[None].repeat(self.num_special, 1).clone())
         self.memory.float()
-        # Where the memory LoRA (flat row indices) and the reader LoRA (flat bool mask) run while a forward runs;
+        # Where the memory LoRA and the reader LoRA run (flat bool masks) while a forward runs;
         # per thread, so that forwards of one model in several threads (or an autograd recompute on another
         # thread) never see each other's rows.
         self._memory_positions = threading.local()
@@ -375,6 +346,7 @@ class CometModel(nn.Module):
                                            config.memory_lora_targets, gen)
         self.reader_lora = self._row_loras(inner, "reader_lora", config.reader_lora_rank, config.reader_lora_alpha,
                                            config.reader_lora_targets, gen)
+        self._hook_row_loras(inner)
         self._adapter_fingerprint: str | None = None
 
     # ---- construction helpers ---------------------------------------------------------------------------------
@@ -394,18 +366,24 @@ class CometModel(nn.Module):
 
     def _row_loras(self, inner: nn.Module, kind: str, rank: int, alpha: float, targets: Sequence[str],
                    gen: torch.Generator) -> nn.ModuleList | None:
-        """One :class:`MemoryLoRA` per decoder layer, hooked on its ``targets``; ``kind`` ("memory_lora" or
+        """One :class:`MemoryLoRA` per decoder layer on its ``targets``; ``kind`` ("memory_lora" or
         "reader_lora") names the rows it runs at. None for rank 0."""
         if rank <= 0:
             return None
         loras = nn.ModuleList()
         for layer in inner.layers:
             linears = self._target_linears(layer, targets, f"{kind}_targets")
-            lora = MemoryLoRA({n: lin for n, (lin, _) in linears.items()}, rank, alpha, gen)
-            loras.append(lora)
-            for name, (_, module) in linears.items():
-                module.register_forward_hook(self._row_lora_hook(lora, name, kind))
+            loras.append(MemoryLoRA({n: lin for n, (lin, _) in linears.items()}, rank, alpha, gen))
         return loras.float()
+
+    def _hook_row_loras(self, inner: nn.Module) -> None:
+        """One forward hook on each Linear that a memory or reader LoRA targets, applying both together."""
+        targets = [t for kind, cfg in (("memory_lora", self.config.memory_lora_targets),
+                                       ("reader_lora", self.config.reader_lora_targets))
+                   if getattr(self, kind) is not None for t in cfg]
+        for i, layer in enumerate(inner.layers):
+            for name, (_, module) in self._target_linears(layer, list(dict.fromkeys(targets))).items():
+                module.register_forward_hook(self._row_lora_hook(i, name))
 
     @staticmethod
     def _target_linears(layer: nn.Module, targets: Sequence[str],
@@ -423,21 +401,21 @@ class CometModel(nn.Module):
             raise ValueError(f"{option} {missing} are not Linear modules of the base's decoder layers")
         return found
 
-    def _row_lora_hook(self, lora: MemoryLoRA, name: str, kind: str) -> Callable[..., torch.Tensor | None]:
+    def _row_lora_hook(self, layer: int, name: str) -> Callable[..., torch.Tensor | None]:
         def hook(module: nn.Module, inputs: tuple[Any, ...], output: torch.Tensor) -> torch.Tensor | None:
-            rows = getattr(self._memory_positions, kind, None)
-            if rows is None:
-                return None
-            if rows.dtype == torch.bool:  # a mask (the reader LoRA's text rows, most of a chunk)
-                return lora.add_masked(name, output, inputs[0], rows)
-            # Only the named rows (for the memory LoRA about a fifth of a chunk) go through the low-rank path.
-            return lora.add_at_rows(name, output, inputs[0], rows)
+            parts = []
+            for kind in ("memory_lora", "reader_lora"):
+                mask, loras = getattr(self._memory_positions, kind, None), getattr(self, kind)
+                if mask is not None and loras is not None and name in loras[layer].down:
+                    lora = loras[layer]
+                    parts.append((lora.down[name].weight, lora.up[name].weight, lora.scale, mask))
+            return add_row_low_rank(output, inputs[0], parts) if parts else None
         return hook
 
     @contextmanager
     def memory_positions(self, rows: torch.Tensor | None, reader_rows: torch.Tensor | None = None) -> Iterator[None]:
-        """Run the memory LoRA at ``rows`` (from :meth:`added_rows`) and the reader LoRA at ``reader_rows``
-        (the mask from :meth:`reader_rows`) inside this block, in this thread only; None: nowhere."""
+        """Run the memory LoRA at ``rows`` and the reader LoRA at ``reader_rows`` (the masks from
+        :meth:`added_rows` and :meth:`reader_rows`) inside this block, in this thread only; None: nowhere."""
         local = self._memory_positions
         local.memory_lora, local.reader_lora = rows, reader_rows
         try:
@@ -446,19 +424,18 @@ class CometModel(nn.Module):
             local.memory_lora = local.reader_lora = None
 
     def added_rows(self, input_ids: torch.Tensor) -> torch.Tensor | None:
-        """Flat (batch x time) indices of the added-token positions, for the memory LoRA; None when there is no
-        memory LoRA or no added token (then the backbone runs alone)."""
+        """Flat (batch x time) bool mask of the added-token positions, for the memory LoRA; None when there is
+        no memory LoRA or no added token (then the backbone runs alone)."""
         if self.memory_lora is None:
             return None
-        rows = self.is_added_token(input_ids).reshape(-1).nonzero().squeeze(1)
-        return rows if rows.numel() else None
+        rows = self.is_added_token(input_ids).reshape(-1)
+        return rows if bool(rows.any()) else None
 
     def reader_rows(self, input_ids: torch.Tensor, lengths: torch.Tensor | None,
                     has_memory: torch.Tensor | None) -> torch.Tensor | None:
         """Flat (batch x time) bool mask of the text positions (within ``lengths``, all if None) of the samples
         whose chunk has memory (``has_memory``, (B,) bool), for the reader LoRA; None when there is no reader
-        LoRA or no such position. A mask, not indices: these rows are most of a chunk
-        (:meth:`MemoryLoRA.add_masked`)."""
+        LoRA or no such position."""
         if self.reader_lora is None or has_memory is None:
             return None
         device = input_ids.device
