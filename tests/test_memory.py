@@ -467,7 +467,10 @@ def test_async_variants_keep_the_event_loop_responsive(store: Store, model) -> N
     ticks, busy, answer, order, history, fork, result = asyncio.run(main())
     gaps = [b - a for a, b in zip(ticks, ticks[1:])]
     assert busy > 0.2 and len(ticks) > busy / 0.05  # the loop kept ticking while the absorb ran
-    assert max(gaps) < 0.5
+    # Never blocked for long: an absorb run on the loop's thread would leave one gap as long as the absorb. Not
+    # a fixed bound: on the loaded 2-core CI machine one gap reached 0.65 s (2026-12-04; the absorb takes about
+    # 2 s, and the gaps are about 15 ms on an idle machine).
+    assert max(gaps) < busy / 2, (max(gaps), busy)
     assert isinstance(answer, str) and order == [[2], [3], [4], [5], [6]]  # calls on one session keep their order
     assert [h.version for h in history] == [1] and fork.session_id == "s2" and result.forgotten == [1]
     assert mem.closed
