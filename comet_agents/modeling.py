@@ -164,19 +164,23 @@ class MemoryLoRA(nn.Module):
             self.up[name] = up
 
 
-def add_row_low_rank(output: torch.Tensor, x: torch.Tensor,
-                     parts: Sequence[tuple[torch.Tensor, torch.Tensor, float, torch.Tensor]]) -> torch.Tensor:
-    """``output`` (of a Linear on input ``x``) plus ``scale * (x D^T) U^T`` of each part ``(D, U, scale, mask)``
-    at the rows where its flat (batch x time) bool ``mask`` is set.
+def row_weights(parts: Sequence[tuple[int, float, torch.Tensor]], dtype: torch.dtype) -> torch.Tensor:
+    """(rows, total rank) weights of stacked low-rank parts ``(rank, scale, mask)``: each part's rank columns
+    hold its scale where its flat (batch x time) bool ``mask`` is set and zero elsewhere."""
+    return torch.cat([(m.to(dtype) * scale)[:, None].expand(-1, r) for r, scale, m in parts], dim=1)
+
+
+def add_row_low_rank(output: torch.Tensor, x: torch.Tensor, downs: Sequence[torch.Tensor],
+                     ups: Sequence[torch.Tensor], weight: torch.Tensor) -> torch.Tensor:
+    """``output`` (of a Linear on input ``x``) plus ``((x D^T) * weight) U^T`` for the stacked parts ``D`` =
+    ``downs``, ``U`` = ``ups`` and their :func:`row_weights`.
 
     The memory LoRA (added-token rows) and the reader LoRA (text rows of chunks with memory) of one Linear are
     one low-rank product of their stacked ranks, each rank column weighted by its part's mask and scale: one
     pair of matrix products per projection for both, with the add fused into the second (:class:`_MaskedLowRank`).
     """
-    dt = output.dtype
-    down = torch.cat([d for d, _, _, _ in parts]) if len(parts) > 1 else parts[0][0]
-    up = torch.cat([u for _, u, _, _ in parts], dim=1) if len(parts) > 1 else parts[0][1]
-    weight = torch.cat([(m.to(dt) * scale)[:, None].expand(-1, d.shape[0]) for d, _, scale, m in parts], dim=1)
+    down = torch.cat(list(downs)) if len(downs) > 1 else downs[0]
+    up = torch.cat(list(ups), dim=1) if len(ups) > 1 else ups[0]
     flat = _MaskedLowRank.apply(output.reshape(-1, output.shape[-1]), x.reshape(-1, x.shape[-1]), weight, down, up)
     return flat.view_as(output)
 
@@ -403,13 +407,22 @@ class CometModel(nn.Module):
 
     def _row_lora_hook(self, layer: int, name: str) -> Callable[..., torch.Tensor | None]:
         def hook(module: nn.Module, inputs: tuple[Any, ...], output: torch.Tensor) -> torch.Tensor | None:
-            parts = []
+            local = self._memory_positions
+            active = []
             for kind in ("memory_lora", "reader_lora"):
-                mask, loras = getattr(self._memory_positions, kind, None), getattr(self, kind)
+                mask, loras = getattr(local, kind, None), getattr(self, kind)
                 if mask is not None and loras is not None and name in loras[layer].down:
-                    lora = loras[layer]
-                    parts.append((lora.down[name].weight, lora.up[name].weight, lora.scale, mask))
-            return add_row_low_rank(output, inputs[0], parts) if parts else None
+                    active.append((kind, loras[layer], mask))
+            if not active:
+                return None
+            # The same weights serve every projection inside one memory_positions block (a layer of a chunk).
+            key = (tuple(kind for kind, _, _ in active), output.dtype)
+            weight = local.weights.get(key)
+            if weight is None:
+                weight = local.weights[key] = row_weights(
+                    [(lora.down[name].weight.shape[0], lora.scale, mask) for _, lora, mask in active], output.dtype)
+            return add_row_low_rank(output, inputs[0], [lora.down[name].weight for _, lora, _ in active],
+                                    [lora.up[name].weight for _, lora, _ in active], weight)
         return hook
 
     @contextmanager
@@ -417,11 +430,12 @@ class CometModel(nn.Module):
         """Run the memory LoRA at ``rows`` and the reader LoRA at ``reader_rows`` (the masks from
         :meth:`added_rows` and :meth:`reader_rows`) inside this block, in this thread only; None: nowhere."""
         local = self._memory_positions
-        local.memory_lora, local.reader_lora = rows, reader_rows
+        local.memory_lora, local.reader_lora, local.weights = rows, reader_rows, {}
         try:
             yield
         finally:
             local.memory_lora = local.reader_lora = None
+            local.weights = {}
 
     def added_rows(self, input_ids: torch.Tensor) -> torch.Tensor | None:
         """Flat (batch x time) bool mask of the added-token positions, for the memory LoRA; None when there is

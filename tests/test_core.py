@@ -363,10 +363,10 @@ def test_unsupported_backbone_is_refused() -> None:
 @pytest.mark.parametrize("act_dtype", [torch.float32, torch.bfloat16])
 def test_row_low_rank_matches_the_autograd_expression(act_dtype: torch.dtype) -> None:
     """Two LoRAs of one Linear at disjoint row masks (the memory and the reader LoRA), applied together by
-    ``add_row_low_rank`` with its hand-written backward, give the values and gradients of the plain autograd
+    ``add_row_low_rank`` with its hand-written backward and ``row_weights``, give the values and gradients of the plain autograd
     expression (each part at its rows, float32 weights, activations in float32 or bfloat16 as in GPU
     training), and the rows of neither mask keep their output exactly."""
-    from comet_agents.modeling import add_row_low_rank
+    from comet_agents.modeling import add_row_low_rank, row_weights
 
     g = torch.Generator().manual_seed(3)
     n, d_in, d_out = 20, 12, 8
@@ -385,7 +385,8 @@ def test_row_low_rank_matches_the_autograd_expression(act_dtype: torch.dtype) ->
     for fused in (False, True):
         t = {k: v.clone().requires_grad_(True) for k, v in leaves.items()}
         if fused:
-            y = add_row_low_rank(t["out"], t["x"], [(t[f"down{i}"], t[f"up{i}"], scales[i], masks[i]) for i in (0, 1)])
+            weight = row_weights([(t[f"down{i}"].shape[0], scales[i], masks[i]) for i in (0, 1)], act_dtype)
+            y = add_row_low_rank(t["out"], t["x"], [t["down0"], t["down1"]], [t["up0"], t["up1"]], weight)
         else:
             y = t["out"]
             for i in (0, 1):

@@ -3,10 +3,9 @@
 
 A GPU training step of the 135M default model spends more on memory-bound element-wise work than on matrix
 products: on the H200 (profile of 2026-12-04, docs/training.md) ``mul`` and ``copy_`` alone took a third of the
-kernel time (``mm`` a fifth),
-much of it the RMSNorm's float32 round trip (cast, square, mean, rsqrt, scale, cast back, weight: seven kernels
-that each read and write the whole activation, twice each layer and chunk, and again in the recompute and the
-backward) and the MLP's ``silu(gate) * up``. Compiled, each becomes one kernel forward and one backward. The
+kernel time (``mm`` a fifth), much of it the RMSNorm's float32 round trip (cast, square, mean, rsqrt, scale, cast
+back, weight: seven kernels that each read and write the whole activation, twice each layer and chunk, and again
+in the recompute and the backward) and the MLP's ``silu(gate) * up``. Compiled, each becomes one kernel forward and one backward. The
 arithmetic is the backbone's own (float32 statistics, as transformers' Llama/Qwen3 RMSNorm), so results agree to
 rounding; tests compare both on tiny models.
 
