@@ -164,6 +164,9 @@ def train(
              "step's count uniformly.")] = "200:2,500:4,1000000000:8",
     families: Annotated[str, typer.Option(help="family:weight pairs.")] = "passkey:1",
     lm_weight: float = 0.0,
+    end_weight: Annotated[float, typer.Option(
+        help="Loss weight of the end-of-turn token after each answer (other answer tokens weigh 1): where the "
+             "model decides a key is complete.")] = 1.0,
     seed: int = 0,
     save_every: int = 100,
     log_every: int = 10,
@@ -195,7 +198,7 @@ def train(
         tokens_per_micro_batch=tokens_per_micro_batch, sequences_per_micro_batch=sequences_per_micro_batch,
         curriculum=_curriculum(curriculum),
         families={a: float(b) for a, b in (p.split(":") for p in families.split(","))},
-        lm_weight=lm_weight, seed=seed, save_every=save_every, log_every=log_every, max_minutes=max_minutes,
+        lm_weight=lm_weight, end_weight=end_weight, seed=seed, save_every=save_every, log_every=log_every, max_minutes=max_minutes,
         num_workers=num_workers, gradient_checkpointing=gradient_checkpointing,
         checkpoint_from_chunks=checkpoint_from_chunks, profile_steps=profile_steps, fuse=fuse, smoke=smoke,
         comet=json.loads(config_json) if config_json else {},

@@ -41,6 +41,7 @@ steps and bf16 rounding would accumulate there.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import logging
 import threading
@@ -261,6 +262,12 @@ def _decoder_parts(base: nn.Module) -> tuple[nn.Module, nn.Module]:
     return model.model, model.lm_head
 
 
+def _cache_keyword(layer: nn.Module) -> str:
+    """The keyword a decoder layer takes its KV cache under: ``cache`` in newer transformers releases, which warn
+    about (and will drop) the older ``past_key_values``."""
+    return "cache" if "cache" in inspect.signature(type(layer).forward).parameters else "past_key_values"
+
+
 class CometModel(nn.Module):
     """A frozen (optionally LoRA-adapted) decoder plus CoMeT memory modules and added-token embeddings.
 
@@ -320,6 +327,7 @@ class CometModel(nn.Module):
         d = inner.config.hidden_size
         self.hidden_size = d
         self.num_layers = len(inner.layers)
+        self._cache_kw = _cache_keyword(inner.layers[0])
 
         vocab_rows = inner.embed_tokens.weight.shape[0]
         if tokenizer is not None:
@@ -601,7 +609,8 @@ class CometModel(nn.Module):
 
         layer_kwargs = {k: v for k, v in ctx.items() if k not in (MEMORY_ROWS, READER_ROWS, FIFO_PLAN)}
         with self.memory_positions(ctx.get(MEMORY_ROWS), ctx.get(READER_ROWS)):
-            y = self.inner.layers[layer](x, past_key_values=cache, use_cache=cache is not None, **layer_kwargs)
+            y = self.inner.layers[layer](x, use_cache=cache is not None, **{self._cache_kw: cache},
+                                         **layer_kwargs)
         if isinstance(y, tuple):
             y = y[0]
         src = x if self.config.memory_source == "input" else y
@@ -840,7 +849,7 @@ class CometModel(nn.Module):
         with self.memory_positions(None if lora_rows is None else lora_rows.to(self.device),
                                    None if reader_rows is None else reader_rows.to(self.device)):
             for layer in range(self.num_layers):
-                hidden = self.inner.layers[layer](hidden, past_key_values=cache, use_cache=True, **ctx)
+                hidden = self.inner.layers[layer](hidden, use_cache=True, **{self._cache_kw: cache}, **ctx)
                 if isinstance(hidden, tuple):
                     hidden = hidden[0]
         return self.logits(hidden)

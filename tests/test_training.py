@@ -842,3 +842,32 @@ def test_fused_elementwise_kernels_train_like_the_eager_ones(tmp_path, kind: str
     with torch.no_grad():
         torch.testing.assert_close(model.inner(input_ids=ids).last_hidden_state,
                                    ref.inner(input_ids=ids).last_hidden_state, rtol=1e-5, atol=1e-5)
+
+
+def test_end_weight_weighs_only_the_token_that_closes_each_answer() -> None:
+    """``end_weight`` moves the loss weight of the end-of-turn label after every answer, and of nothing else:
+    the labels stay, every other supervised token keeps weight 1, and the default leaves the weights as before."""
+    import pytest
+
+    from comet_agents.training.data.common import QA, Sample
+    from comet_agents.training.examples import encode_sample
+
+    from tiny import tiny_chat_model
+
+    tok = tiny_chat_model(chunk_size=64).tokenizer
+    end_id = tok.get_vocab().get("<|im_end|>", tok.eos_token_id)  # the marker qa_pieces closes answers with
+    sample = Sample(stream="The pass key is 4711. The door code is 8305. " * 4, family="passkey",
+                    qa=[QA("What is the pass key?", "4711"), QA("What is the door code?", "8305")], meta={})
+    plain = encode_sample(sample, tok, 64)
+    heavy = encode_sample(sample, tok, 64, end_weight=4.0)
+    labels = [lab for chunk in plain.chunk_labels for lab in chunk]
+    assert labels == [lab for chunk in heavy.chunk_labels for lab in chunk]
+    w_plain = [w for chunk in plain.chunk_weights for w in chunk]
+    w_heavy = [w for chunk in heavy.chunk_weights for w in chunk]
+    assert set(w_plain) == {0.0, 1.0}
+    changed = [t for t, (a, b) in enumerate(zip(w_plain, w_heavy)) if a != b]
+    assert len(changed) == 2 and all(labels[t] == end_id and w_heavy[t] == 4.0 for t in changed)
+    # the end-of-turn labels inside the question turns are not supervised, so only the answers' ends changed
+    assert sum(1 for t, lab in enumerate(labels) if lab == end_id and w_plain[t] == 1.0) == 2
+    with pytest.raises(ValueError, match="end_weight"):
+        TrainArgs(output_dir="unused", end_weight=-1.0, smoke=True)

@@ -149,7 +149,7 @@ def echo_question(tokenizer: Any, stream: list[int], question: str) -> list[int]
 
 def encode_sample(sample: Any, tokenizer: Any, chunk_size: int, *, lm_weight: float = 0.0,
                   tail: int | None = None, chunk_end: tuple[int, int] | None = None,
-                  echo: bool = False) -> TrainingExample:
+                  echo: bool = False, end_weight: float = 1.0) -> TrainingExample:
     """Tokenise a :class:`~comet_agents.training.data.common.Sample` into a chunk plan with labels.
 
     ``tail``: cut the stream to this many tokens past its last full chunk where :func:`trim_tail` allows it.
@@ -158,6 +158,8 @@ def encode_sample(sample: Any, tokenizer: Any, chunk_size: int, *, lm_weight: fl
     (:func:`chunk_end_cut`), where that is possible; else as ``tail`` alone.
     ``echo``: after the cuts, end the stream with the first question as the user's message
     (:func:`echo_question`).
+    ``end_weight``: loss weight of the end-of-turn token that closes each answer (every other answer token
+    weighs 1): where the model decides that an answer, a key, is complete.
     """
     full = encode_text(tokenizer, sample.stream)
     stream, start = full, 0
@@ -173,15 +175,20 @@ def encode_sample(sample: Any, tokenizer: Any, chunk_size: int, *, lm_weight: fl
         stream = stream + echo_question(tokenizer, stream, sample.qa[0].question)
     qa_ids: list[int] = []
     qa_sup: list[bool] = []
+    answer_ends: list[int] = []  # where each answer's closing token sits in stream + qa_ids
     for text, sup in qa_pieces(tokenizer, sample.qa):
         ids = encode_text(tokenizer, text)
         qa_ids.extend(ids)
         qa_sup.extend([sup] * len(ids))
+        if sup and ids:
+            answer_ends.append(len(stream) + len(qa_ids) - 1)
     n_closed = len(stream) // chunk_size
     ids = stream + qa_ids
     supervised = [False] * len(stream) + qa_sup
     labels = shift_labels(ids, supervised)
     weights = [1.0 if lab != -100 else 0.0 for lab in labels]
+    for at in answer_ends:  # the label of position t is token t + 1
+        weights[at - 1] = end_weight
     if lm_weight > 0:
         stream_labels = shift_labels(ids, [True] * len(stream) + [False] * len(qa_ids))
         for t in range(len(stream) - 1):
