@@ -731,9 +731,10 @@ def test_cli_takes_fifo_dropout(tmp_path, monkeypatch) -> None:
 
     seen = {}
     monkeypatch.setattr("comet_agents.training.trainer.train", lambda args, log: seen.setdefault("args", args) and {})
-    result = CliRunner().invoke(cli.app, ["train", "--output-dir", str(tmp_path), "--fifo-dropout", "0.25", "--smoke"])
+    result = CliRunner().invoke(cli.app, ["train", "--output-dir", str(tmp_path), "--fifo-dropout", "0.25",
+                                          "--end-weight", "3", "--smoke"])
     assert result.exit_code == 0, result.output
-    assert seen["args"].fifo_dropout == 0.25
+    assert seen["args"].fifo_dropout == 0.25 and seen["args"].end_weight == 3.0
 
 
 def test_add_reader_lora_resumes_to_the_identical_next_step_loss_and_then_trains_it(tmp_path) -> None:
@@ -871,3 +872,10 @@ def test_end_weight_weighs_only_the_token_that_closes_each_answer() -> None:
     assert sum(1 for t, lab in enumerate(labels) if lab == end_id and w_plain[t] == 1.0) == 2
     with pytest.raises(ValueError, match="end_weight"):
         TrainArgs(output_dir="unused", end_weight=-1.0, smoke=True)
+    # the trainer's sequences carry it
+    from comet_agents.training.trainer import SampleSource
+
+    args = TrainArgs(output_dir="unused", families={"passkey": 1.0}, curriculum=[(10**9, 1)],
+                     sequences_per_micro_batch=4, smoke=True, end_weight=2.5)
+    batch = SampleSource(args, tok, 64).micro_batch(0, 0)
+    assert batch and all(sorted({w for c in ex.chunk_weights for w in c}) == [0.0, 1.0, 2.5] for ex in batch)
