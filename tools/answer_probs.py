@@ -23,14 +23,10 @@ from typing import Any
 import torch
 
 from comet_agents import CometModel
+from comet_agents.cli import _ints
 from comet_agents.engine import MemoryEngine, chat_question
 from comet_agents.evaluation import QUESTION, grid_cases
 from comet_agents.layout import key_age
-
-
-def _size(text: str) -> int:
-    text = text.lower()
-    return int(float(text[:-1]) * (1024 if text.endswith("k") else 1024**2)) if text[-1] in "km" else int(text)
 
 
 def token_probs(engine: MemoryEngine, state: Any, prompt: list[int], answer: list[int], end: int) -> list[dict]:
@@ -68,7 +64,7 @@ def main() -> None:
         "<|im_end|>")
     prompt = engine.encode(chat_question(tok, QUESTION))
     rows, t0 = [], time.monotonic()
-    cases = grid_cases(engine, [_size(x) for x in a.lengths.split(",")], depths, trials=a.trials, seed=a.seed,
+    cases = grid_cases(engine, _ints(a.lengths), depths, trials=a.trials, seed=a.seed,
                        key_digits=digits)
     for length, depth, trial, key, toks, key_at in cases:
         state = engine.new_state()
